@@ -1,0 +1,63 @@
+"""Shared fixtures: the tiny model built once per session, configs composed from conf/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from train.config import RunConfig, register_configs
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+register_configs()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny SD1.5-shaped model in diffusers layout, built once and loaded from disk by each test."""
+    from train.models.tiny import build_tiny_sd15
+
+    return build_tiny_sd15(tmp_path_factory.mktemp("models") / "tiny-sd15")
+
+
+def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path) -> RunConfig:
+    """Compose conf/config.yaml with overrides, as `python -m train` would, and type-check it."""
+    from train.__main__ import to_run_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="config",
+            overrides=[f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}", *overrides],
+        )
+    return to_run_config(cfg)
+
+
+@pytest.fixture
+def make_run(tmp_path, tiny_model_dir):
+    """Build a RunConfig on the tiny model; each call gets its own output dir."""
+    counter = iter(range(1000))
+
+    def _make(*overrides: str, cache_dir: Path | None = None) -> RunConfig:
+        out = tmp_path / f"run{next(counter)}"
+        cache = cache_dir or tmp_path / "cache"
+        return compose_run([f"model.path={tiny_model_dir}", *overrides], out, cache)
+
+    return _make
+
+
+def compose_score(overrides: list[str], output_dir: Path, cache_dir: Path):
+    """Compose conf/score.yaml (``python -m evaluate``) with overrides and type-check it."""
+    from evaluate.score_config import register_score_config
+    from train.__main__ import to_run_config
+
+    register_score_config()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(
+            config_name="score",
+            overrides=[f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}", *overrides],
+        )
+    return to_run_config(cfg)

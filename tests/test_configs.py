@@ -1,0 +1,68 @@
+"""Every shipped config composes, type-checks and instantiates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import CONF_DIR, compose_run
+from train import optimizers, schedulers
+from train.errors import ConfigError
+from train.noise import build_noise_sampler
+
+# Presets that need a user's path get a placeholder: composing must still work.
+REQUIRED = {
+    ("model", "sd15"): ["model.path=/models/sd15"],
+    ("model", "sd15_single_file"): ["model.path=/models/sd15.safetensors", "model.config_dir=/models/sd15"],
+    ("model", "sd2_v"): ["model.path=/models/sd2"],
+    ("dataset", "folder"): ["dataset.train_data_dir=/data/train"],
+    ("dataset", "kohya_toml"): ["dataset.dataset_config=/data/dataset.toml"],
+    ("evaluate", "clip"): ["evaluate.prompt_file=/data/prompts.txt", "evaluate.clip_path=/models/clip"],
+}
+OPTIONS = sorted((group.name, f.stem) for group in CONF_DIR.iterdir() if group.is_dir() for f in group.glob("*.yaml"))
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_shipped_option_composes_and_instantiates(group, option, tmp_path):
+    overrides = [f"{group}={option}", *REQUIRED.get((group, option), [])]
+    cfg = compose_run(overrides, tmp_path / "out", tmp_path / "cache")
+    param = torch.nn.Parameter(torch.zeros(4, 4))
+    opt = optimizers.build_optimizer(cfg.optimizer, [{"params": [param], "lr": cfg.optimizer.learning_rate}])
+    schedulers.build_scheduler(cfg.scheduler, opt, num_training_steps=100)
+    noise = build_noise_sampler(cfg.noise)
+    assert noise(torch.zeros(1, 4, 8, 8), torch.Generator().manual_seed(0)).shape == (1, 4, 8, 8)
+
+
+def test_groups_mirror_the_modules_they_configure():
+    groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    assert {"model", "dataset", "network", "optimizer", "scheduler", "noise"} <= groups
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("network.alpha=-1", "network.alpha"),
+        ("train.mixed_precision=fp8", "train.mixed_precision"),
+        ("train.latent_sampling=sometimes", "train.latent_sampling"),
+        ("dataset.caption_dropout_rate=1.5", "dataset.caption_dropout_rate"),
+        ("dataset.caption_extension=txt", "dataset.caption_extension"),
+        ("train.max_train_steps=null", "train.max_train_steps"),
+        ("model.prediction_type=sample", "model.prediction_type"),
+    ],
+)
+def test_impossible_values_fail_at_load_naming_the_key(override, key, tmp_path):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        compose_run([override], tmp_path / "out", tmp_path / "cache")
+
+
+def test_missing_mandatory_path_names_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.path: must be set"):
+        compose_run(["model=sd15"], tmp_path / "out", tmp_path / "cache")
+
+
+def test_default_run_points_at_the_embedded_demo(tmp_path):
+    cfg = compose_run([], tmp_path / "out", tmp_path / "cache")
+    assert cfg.model.build_tiny and Path(cfg.model.path).parent == tmp_path / "cache" / "models"
+    assert cfg.dataset.synthetic.enabled and cfg.train.device == "auto"

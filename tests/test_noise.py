@@ -1,0 +1,169 @@
+"""Noise offset, multires noise and min-SNR weights against hand and reference computations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from train.config import register_configs
+from train.errors import ConfigError
+from train.noise import NoiseSampler, apply_noise_offset, min_snr_weights, pyramid_noise_like
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+SHAPE = (2, 4, 8, 8)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def test_offset_is_a_per_channel_constant_of_offset_times_normal_draws():
+    latents = torch.zeros(SHAPE)
+    noise = NoiseSampler(offset=0.1)(latents, gen(3))
+    g = gen(3)
+    base = torch.randn(SHAPE, generator=g)
+    draws = torch.randn(SHAPE[0], SHAPE[1], 1, 1, generator=g)
+    shift = noise - base
+    assert torch.allclose(shift, shift[..., :1, :1].expand_as(shift), atol=1e-6)
+    assert torch.allclose(shift[..., :1, :1], 0.1 * draws, atol=1e-6)
+
+
+def test_random_strength_scales_offset_by_uniform_within_zero_and_offset():
+    latents = torch.zeros(SHAPE)
+    noise = NoiseSampler(offset=0.1, offset_random_strength=True)(latents, gen(5))
+    g = gen(5)
+    base = torch.randn(SHAPE, generator=g)
+    uniform = torch.rand(SHAPE[0], generator=g)
+    draws = torch.randn(SHAPE[0], SHAPE[1], 1, 1, generator=g)
+    strength = (noise - base)[..., 0, 0] / draws[..., 0, 0]
+    # One strength per sample, shared by its channels, within [0, offset].
+    assert torch.allclose(strength, strength[:, :1].expand_as(strength), atol=1e-5)
+    assert torch.allclose(strength[:, 0], 0.1 * uniform, atol=1e-5)
+    assert ((strength >= 0) & (strength <= 0.1 + 1e-6)).all()
+
+
+def test_adaptive_adds_scale_times_abs_latent_mean_per_channel():
+    latents = torch.randn(SHAPE, generator=gen(1)) + torch.tensor([1.0, -2.0, 0.0, 3.0]).view(1, 4, 1, 1)
+    shifted = apply_noise_offset(torch.zeros(SHAPE), latents, 0.05, False, 0.5, gen(2))
+    draws = torch.randn(SHAPE[0], SHAPE[1], 1, 1, generator=gen(2))
+    expected = (0.05 + 0.5 * latents.mean(dim=(2, 3), keepdim=True).abs()) * draws
+    assert torch.allclose(shifted, expected.expand(SHAPE), atol=1e-6)
+    # A negative scale can only shrink the strength to 0, never flip it (kohya clamps).
+    clamped = apply_noise_offset(torch.zeros(SHAPE), latents * 100, 0.05, False, -1.0, gen(2))
+    assert torch.equal(clamped, torch.zeros(SHAPE))
+
+
+def reference_pyramid(noise, generator, iterations, discount):
+    """DOMAIN.md's multires formula, written independently, same draw order as documented."""
+    b, c, h, w = noise.shape
+    rs = [2 + 2 * u for u in torch.rand(iterations, generator=generator).tolist()]
+    out = noise.clone()
+    for i in range(1, iterations + 1):
+        size = (max(1, int(h / rs[i - 1] ** i)), max(1, int(w / rs[i - 1] ** i)))
+        low = torch.randn(b, c, *size, generator=generator)
+        out = out + torch.nn.Upsample(size=(h, w), mode="bilinear")(low) * discount**i
+        if 1 in size:
+            break
+    return out / out.std()
+
+
+def test_multires_matches_reference_and_is_unit_std_with_more_low_frequencies():
+    latents = torch.zeros(4, 4, 64, 64)
+    noise = NoiseSampler(multires_iterations=6, multires_discount=0.4)(latents, gen(7))
+    g = gen(7)
+    expected = reference_pyramid(torch.randn(latents.shape, generator=g), g, 6, 0.4)
+    assert torch.equal(noise, expected)
+    assert torch.allclose(noise.flatten(1).std(dim=1), torch.ones(4), atol=0.1)
+    plain = torch.randn(latents.shape, generator=gen(7))
+    # Variance of 8x8 block means: 1/64 for white noise, far more with low-frequency content.
+    assert F.avg_pool2d(noise, 8).var() > 3 * F.avg_pool2d(plain, 8).var()
+
+
+def test_same_seed_same_noise_different_seed_different_and_zero_iterations_is_identity():
+    sampler = NoiseSampler(offset=0.05, multires_iterations=6, multires_discount=0.4)
+    latents = torch.zeros(SHAPE)
+    assert torch.equal(sampler(latents, gen(11)), sampler(latents, gen(11)))
+    assert not torch.equal(sampler(latents, gen(11)), sampler(latents, gen(12)))
+    noise = torch.randn(SHAPE)
+    assert torch.equal(pyramid_noise_like(noise, gen(0), 0, 0.4), noise)
+    # Global RNG untouched: the sampler only uses the generator it is given.
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    sampler(latents, gen(1))
+    assert torch.equal(torch.rand(1), before)
+
+
+def test_half_precision_latents_get_the_float32_draws_cast():
+    latents = torch.zeros(SHAPE, dtype=torch.float16)
+    noise = NoiseSampler(offset=0.05)(latents, gen(0))
+    assert noise.dtype == torch.float16
+    assert torch.equal(noise, NoiseSampler(offset=0.05)(latents.float(), gen(0)).half())
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"offset": -0.1}, "noise.sampler.offset"),
+        ({"adaptive_offset": 0.5}, "noise.sampler.adaptive_offset"),
+        ({"multires_iterations": -1}, "noise.sampler.multires_iterations"),
+        ({"multires_iterations": 2.5}, "noise.sampler.multires_iterations"),
+        ({"multires_discount": 1.5}, "noise.sampler.multires_discount"),
+        ({"offset_random_strength": "yes"}, "noise.sampler.offset_random_strength"),
+    ],
+)
+def test_bad_values_raise_config_error_naming_the_key(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        NoiseSampler(**kwargs)
+
+
+def test_metadata_uses_kohya_keys_and_none_when_off():
+    assert NoiseSampler().metadata() == {
+        "ss_noise_offset": "None",
+        "ss_noise_offset_random_strength": "False",
+        "ss_adaptive_noise_scale": "None",
+        "ss_multires_noise_iterations": "None",
+        "ss_multires_noise_discount": "0.3",
+    }
+    on = NoiseSampler(0.05, True, 0.01, 6, 0.4).metadata()
+    assert on["ss_noise_offset"] == "0.05" and on["ss_noise_offset_random_strength"] == "True"
+    assert on["ss_adaptive_noise_scale"] == "0.01" and on["ss_multires_noise_iterations"] == "6"
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (CONF / "noise").glob("*.yaml")))
+def test_every_noise_config_composes_and_samples(name):
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        cfg = compose(config_name=None, overrides=[f"+noise={name}"])
+    sampler = instantiate(cfg.noise.sampler)
+    assert cfg.noise.name == name
+    assert sampler(torch.zeros(SHAPE), gen(0)).shape == SHAPE
+
+
+def test_min_snr_weights_hand_computed():
+    alphas_cumprod = torch.tensor([0.9, 0.5, 0.1, 0.0])
+    timesteps = torch.tensor([0, 1, 2, 3])
+    # SNR = 9, 1, 1/9, 0.
+    eps = min_snr_weights(timesteps, alphas_cumprod, 5.0, "epsilon")
+    assert torch.allclose(eps, torch.tensor([5 / 9, 1.0, 1.0, 1.0]))
+    v = min_snr_weights(timesteps, alphas_cumprod, 5.0, "v_prediction")
+    assert torch.allclose(v, torch.tensor([5 / 10, 1 / 2, (1 / 9) / (10 / 9), 0.0]))
+    with pytest.raises(ConfigError, match="model.prediction_type"):
+        min_snr_weights(timesteps, alphas_cumprod, 5.0, "sample")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cpu_generator_gives_the_same_noise_for_gpu_latents():
+    sampler = NoiseSampler(offset=0.05, multires_iterations=6, multires_discount=0.4)
+    on_cpu = sampler(torch.zeros(SHAPE), gen(4))
+    on_gpu = sampler(torch.zeros(SHAPE, device="cuda"), gen(4))
+    assert on_gpu.device.type == "cuda"
+    assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-5)
+    cuda_gen = torch.Generator("cuda").manual_seed(4)
+    assert sampler(torch.zeros(SHAPE, device="cuda"), cuda_gen).device.type == "cuda"

@@ -1,0 +1,165 @@
+"""Where the training images come from: a kohya folder layout or a kohya dataset TOML.
+
+Both end as the same list of ``DatasetBlueprint``. Values in ``DatasetConfig`` are the
+defaults; a TOML's ``[general]``, ``[[datasets]]`` and ``[[datasets.subsets]]`` override
+them in that order, as kohya's command-line arguments are overridden by its TOML.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from train.data.images import list_images
+from train.data.kohya_toml import RawDataset, read_kohya_toml
+from train.errors import DatasetError
+
+# kohya DreamBooth folder name: `10_sks dog` = 10 repeats, class tokens "sks dog".
+REPEATS_FOLDER = re.compile(r"^(\d+)_(.*)$")
+
+
+@dataclass(frozen=True)
+class Subset:
+    """One image folder, kohya's ``[[datasets.subsets]]``."""
+
+    image_dir: Path
+    num_repeats: int = 1
+    caption_extension: str = ".txt"
+    class_tokens: str | None = None
+    keep_tokens: int = 0
+    caption_separator: str = ","
+    shuffle_caption: bool = False
+    caption_dropout_rate: float = 0.0
+    caption_tag_dropout_rate: float = 0.0
+    flip_aug: bool = False
+    is_reg: bool = False
+    # kohya: text before this separator stays fixed when shuffling ("" = use keep_tokens).
+    keep_tokens_separator: str = ""
+    # kohya: drop every caption on epochs n, 2n, ... (1-based); 0 = never.
+    caption_dropout_every_n_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class DatasetBlueprint:
+    """kohya's ``[[datasets]]``: shared resolution, batch size and bucketing for its subsets."""
+
+    resolution: tuple[int, int]  # (width, height)
+    batch_size: int
+    enable_bucket: bool
+    bucket_reso_steps: int
+    min_bucket_reso: int
+    max_bucket_reso: int
+    bucket_no_upscale: bool
+    subsets: tuple[Subset, ...]
+
+
+DATASET_FIELDS = (
+    "resolution",
+    "batch_size",
+    "enable_bucket",
+    "bucket_reso_steps",
+    "min_bucket_reso",
+    "max_bucket_reso",
+    "bucket_no_upscale",
+)
+SUBSET_DEFAULT_FIELDS = (
+    "caption_extension",
+    "class_tokens",
+    "keep_tokens",
+    "caption_separator",
+    "shuffle_caption",
+    "caption_dropout_rate",
+    "caption_tag_dropout_rate",
+    "flip_aug",
+)
+
+
+def as_resolution(value: Any) -> tuple[int, int]:
+    """``512``, ``[512]`` or ``[768, 512]`` -> (width, height)."""
+    if isinstance(value, int):
+        return (value, value)
+    sizes = [int(v) for v in value]
+    return (sizes[0], sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
+
+
+def config_defaults(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Dataset-level and subset-level defaults from a ``DatasetConfig`` (or its DictConfig)."""
+    dataset = {name: getattr(cfg, name) for name in DATASET_FIELDS}
+    dataset["resolution"] = as_resolution(cfg.resolution)
+    subset = {name: getattr(cfg, name) for name in SUBSET_DEFAULT_FIELDS}
+    return dataset, subset
+
+
+def read_blueprints(cfg: Any) -> list[DatasetBlueprint]:
+    """Blueprints from ``cfg.dataset_config`` (a kohya TOML) or else ``cfg.train_data_dir``."""
+    dataset_defaults, subset_defaults = config_defaults(cfg)
+    if cfg.dataset_config:
+        toml_path = Path(cfg.dataset_config).expanduser()
+        raw_datasets = read_kohya_toml(toml_path)
+        blueprints = [_from_raw(raw, dataset_defaults, subset_defaults) for raw in raw_datasets]
+        source = f"dataset config {toml_path}"
+    elif cfg.train_data_dir:
+        root = Path(cfg.train_data_dir).expanduser()
+        blueprints = [read_folder_layout(root, dataset_defaults, subset_defaults)]
+        source = f"dataset.train_data_dir {root}"
+    else:
+        raise DatasetError(
+            ["dataset.train_data_dir: not set; set it to a kohya image folder, or set dataset.dataset_config"],
+            header="No dataset given",
+        )
+    problems = [p for i, bp in enumerate(blueprints) for p in blueprint_problems(bp, f"datasets[{i}]")]
+    if problems:
+        raise DatasetError(problems, header=f"Impossible bucket settings in {source}")
+    return blueprints
+
+
+def read_folder_layout(
+    root: Path, dataset_defaults: dict[str, Any], subset_defaults: dict[str, Any]
+) -> DatasetBlueprint:
+    """kohya layout: each ``N_name`` subfolder repeats N times; loose images repeat once."""
+    if not root.is_dir():
+        raise DatasetError([f"dataset.train_data_dir: folder not found: {root}"], header="No dataset found")
+    problems: list[str] = []
+    subsets: list[Subset] = []
+    if list_images(root):
+        subsets.append(Subset(image_dir=root, num_repeats=1, **subset_defaults))
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        match = REPEATS_FOLDER.match(folder.name)
+        if match is None:
+            problems.append(f"{folder}: folder name must be `N_name` (N = repeats, e.g. `10_sks dog`)")
+            continue
+        repeats, name = int(match[1]), match[2].strip()
+        if repeats < 1:
+            problems.append(f"{folder}: repeat count must be >= 1, got {repeats}")
+            continue
+        class_tokens = name or subset_defaults["class_tokens"]
+        subsets.append(
+            Subset(image_dir=folder, num_repeats=repeats, **{**subset_defaults, "class_tokens": class_tokens})
+        )
+    if not subsets and not problems:
+        problems.append(f"{root}: no images and no `N_name` subfolders (dataset.train_data_dir)")
+    if problems:
+        raise DatasetError(problems, header=f"dataset.train_data_dir {root} has problems")
+    return DatasetBlueprint(subsets=tuple(subsets), **dataset_defaults)
+
+
+def _from_raw(raw: RawDataset, dataset_defaults: dict[str, Any], subset_defaults: dict[str, Any]) -> DatasetBlueprint:
+    subsets = tuple(Subset(**{**subset_defaults, **values}) for values in raw.subsets)
+    return DatasetBlueprint(subsets=subsets, **{**dataset_defaults, **raw.values})
+
+
+def blueprint_problems(blueprint: DatasetBlueprint, where: str) -> list[str]:
+    """Settings that pass type checks but cannot make a single bucket."""
+    problems = []
+    width, height = blueprint.resolution
+    if blueprint.min_bucket_reso > blueprint.max_bucket_reso:
+        problems.append(
+            f"{where}: min_bucket_reso {blueprint.min_bucket_reso} exceeds max_bucket_reso {blueprint.max_bucket_reso}"
+        )
+    if blueprint.enable_bucket and min(width, height) < blueprint.bucket_reso_steps:
+        problems.append(
+            f"{where}: resolution {width}x{height} is smaller than bucket_reso_steps {blueprint.bucket_reso_steps}"
+        )
+    return problems

@@ -1,0 +1,37 @@
+"""Hold out a fraction of the images for the validation loss (kohya's validation_split).
+
+The choice depends only on (validation_seed, image path), so a run with or
+without evaluation trains on exactly the same images.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+from train.data.records import ImageRecord
+
+
+def _rank(seed: int, record: ImageRecord) -> str:
+    return hashlib.sha256(f"{seed}:{record.path}".encode()).hexdigest()
+
+
+def split_validation(
+    records: list[ImageRecord], fraction: float, seed: int
+) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(train, validation): per dataset, round(fraction x images) held out, at least one, never all.
+
+    Regularization images always stay in training.
+    """
+    if fraction <= 0:
+        return list(records), []
+    held: set[int] = set()
+    for dataset_index in sorted({r.dataset_index for r in records}):
+        candidates = [i for i, r in enumerate(records) if r.dataset_index == dataset_index and not r.subset.is_reg]
+        if len(candidates) < 2:
+            continue
+        count = min(max(1, math.floor(fraction * len(candidates) + 0.5)), len(candidates) - 1)
+        held.update(sorted(candidates, key=lambda i: _rank(seed, records[i]))[:count])
+    train = [r for i, r in enumerate(records) if i not in held]
+    validation = [r for i, r in enumerate(records) if i in held]
+    return train, validation

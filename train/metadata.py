@@ -1,0 +1,50 @@
+"""The kohya ``ss_*`` metadata of a saved LoRA: what A1111 and ComfyUI show about it."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from train import data, optimizers
+from train.config import RunConfig
+
+
+def training_metadata(recipe, *, step: int, epoch: int, name: str) -> dict[str, object]:
+    """Metadata of a checkpoint of ``recipe`` (a LoRATrainingRecipe after setup) at this step."""
+    cfg: RunConfig = recipe.cfg
+    model, records, first = recipe.model, recipe.records, recipe.blueprints[0]
+    total_steps, steps_per_epoch = recipe.total_steps, recipe.steps_per_epoch
+    # SD2.x text encoders (OpenCLIP ViT-H) are 1024 wide; SD1.x's are 768.
+    is_v2 = getattr(model.text_encoder.config, "hidden_size", 768) == 1024
+    return {
+        "ss_output_name": name,
+        "ss_training_started_at": recipe.started_at,
+        "ss_steps": step,
+        "ss_epoch": epoch,
+        "ss_max_train_steps": total_steps,
+        "ss_num_epochs": math.ceil(total_steps / steps_per_epoch),
+        "ss_seed": cfg.train.seed,
+        "ss_learning_rate": cfg.optimizer.learning_rate,
+        "ss_unet_lr": cfg.optimizer.unet_lr or cfg.optimizer.learning_rate,
+        "ss_text_encoder_lr": cfg.optimizer.text_encoder_lr or cfg.optimizer.learning_rate,
+        "ss_optimizer": optimizers.describe_optimizer(cfg.optimizer),
+        "ss_lr_scheduler": cfg.scheduler.name,
+        "ss_gradient_accumulation_steps": cfg.train.gradient_accumulation_steps,
+        "ss_gradient_checkpointing": cfg.train.gradient_checkpointing,
+        "ss_mixed_precision": cfg.train.mixed_precision,
+        "ss_min_snr_gamma": cfg.train.min_snr_gamma,
+        "ss_max_grad_norm": cfg.train.max_grad_norm,
+        "ss_batch_size_per_device": first.batch_size,
+        "ss_resolution": f"({first.resolution[0]}, {first.resolution[1]})",
+        "ss_num_train_images": data.count_samples_with_repeats(records),
+        "ss_dataset_dirs": data.dataset_dirs_metadata(records),
+        "ss_tag_frequency": data.tag_frequency(records),
+        "ss_cache_latents": cfg.train.cache_latents,
+        "ss_sd_model_name": Path(model.source).name,
+        "ss_new_sd_model_hash": model.model_hash,
+        "ss_v2": is_v2,
+        "ss_base_model_version": "sd_v2" if is_v2 else "sd_v1",
+        "ss_prediction_type": model.prediction_type,
+        "ss_network_weights": cfg.train.network_weights,
+        **recipe.noise_sampler.metadata(),
+    }

@@ -1,0 +1,404 @@
+"""The LoRA training recipe: setup, train (with evaluations), save, read top to bottom.
+
+Everything a user can get wrong (config values, dataset files, model path,
+optimizer name, resume file, prompts, objective) is checked in ``preflight``
+before any model is loaded, so bad input costs no GPU time. All randomness in
+the loop comes from the recipe's own generators seeded from ``train.seed``,
+and evaluation uses its own, so the same config gives the same LoRA bytes with
+evaluation on or off, whatever else runs in the process.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+
+from evaluate.evaluator import Evaluator, build_training_evaluator
+from evaluate.loggers import build_logger
+from evaluate.objective import check_objective
+from evaluate.prompts import load_prompts
+from evaluate.reporter import NullReporter, Reporter, RunPruned
+from evaluate.validation import validation_loss
+from train import data, network, optimizers, schedulers
+from train.cache import LatentCache, TextEmbeddingCache
+from train.config import RunConfig
+from train.data.split import split_validation
+from train.errors import ConfigError
+from train.lora_format import build_metadata, kohya_state_dict, save_lora
+from train.loss import per_sample_loss
+from train.metadata import training_metadata
+from train.models.loading import BaseModel, ensure_model_available, load_base_model
+from train.noise import build_noise_sampler
+from train.run_log import RunLog
+
+log = logging.getLogger(__name__)
+# The frozen base runs in the mixed-precision dtype; the LoRA weights stay fp32.
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the run cannot recover."""
+
+
+class LoRATrainingRecipe:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        output_dir: Path,
+        reporter: Reporter | None = None,
+        base_model: BaseModel | None = None,
+        on_step: Callable[[int, LoRATrainingRecipe], None] | None = None,
+    ):
+        self.cfg = cfg
+        self.output_dir = Path(output_dir)
+        self.cache_dir = Path(cfg.paths.cache_dir)
+        self.reporter = reporter or NullReporter()
+        self.checkpoints: dict[int, Path] = {}  # step -> file, so an evaluation reuses a save at its step
+        self.evaluator: Evaluator | None = None
+        # A sweep worker keeps one pristine base loaded between trials; each trial trains a deep copy.
+        self.base_model = base_model
+        self.on_step = on_step  # called after every optimizer step (sweep progress, fault injection)
+
+    # ------------------------------------------------------------------ setup
+    def preflight(self) -> None:
+        """Check every user input without loading a model: config first, then data, then the model path."""
+        cfg = self.cfg
+        optimizers.check_optimizer(cfg.optimizer)
+        schedulers.check_scheduler(cfg.scheduler, cfg.optimizer.learning_rate)
+        self.noise_sampler = build_noise_sampler(cfg.noise)
+        if cfg.train.network_weights and not Path(cfg.train.network_weights).is_file():
+            raise ConfigError(f"train.network_weights: no such file: {cfg.train.network_weights}")
+        self.device = self._pick_device()
+        if cfg.train.mixed_precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError("train.mixed_precision: fp16 needs a CUDA device; use bf16 or no on CPU")
+        self.blueprints, all_records = data.load_dataset(cfg.dataset)
+        self.records, self.val_records = split_validation(
+            all_records, cfg.dataset.validation_split, cfg.dataset.validation_seed
+        )
+        if cfg.evaluate.enabled:
+            self.prompts = load_prompts(cfg.evaluate)
+            check_objective(cfg.evaluate.objective, cfg.evaluate.available_metrics(bool(self.val_records)))
+        ensure_model_available(cfg.model)
+
+    def setup(self) -> None:
+        self.preflight()
+        cfg = self.cfg
+        # accelerate keeps process-wide state; a worker running trial after trial must start clean.
+        AcceleratorState._reset_state(reset_partial_state=True)
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
+            cpu=self.device.type == "cpu",
+        )
+        torch.manual_seed(cfg.train.seed)
+        self.noise_generator = torch.Generator("cpu").manual_seed(cfg.train.seed)
+        self.rng = random.Random(cfg.train.seed)
+        self.model: BaseModel = (
+            copy.deepcopy(self.base_model) if self.base_model is not None else load_base_model(cfg.model)
+        )
+        self.trainable = self._setup_network()
+        self.run_log = self._setup_logging()
+        self._setup_caches()
+        self._setup_optimizer()
+        self._setup_evaluation()
+
+    def _setup_logging(self) -> RunLog:
+        return RunLog.open(self.output_dir, build_logger(self.cfg.logger), self.cfg)
+
+    def _pick_device(self) -> torch.device:
+        wanted = self.cfg.train.device
+        if wanted == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if wanted.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"train.device: {wanted} asked for, but no CUDA device is visible")
+        return torch.device(wanted)
+
+    def _setup_network(self) -> dict[str, list[torch.nn.Parameter]]:
+        cfg, model = self.cfg, self.model
+        self.weight_dtype = WEIGHT_DTYPES[cfg.train.mixed_precision]
+        # Passing a dtype only when casting keeps diffusers from warning about fp32 modules.
+        cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
+        model.unet.to(self.device, **cast)
+        model.text_encoder.to(self.device, **cast)
+        trainable = network.apply_lora(model.unet, model.text_encoder, cfg.network, seed=cfg.train.seed)
+        if cfg.train.network_weights:
+            network.load_network_weights(cfg.train.network_weights, model.unet, model.text_encoder, cfg.network)
+        # apply_lora keeps the LoRA weights in fp32 whatever dtype the frozen base runs in.
+        if cfg.train.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
+            if trainable["text_encoder"]:
+                model.text_encoder.gradient_checkpointing_enable()
+        model.unet.train()
+        model.text_encoder.train(bool(trainable["text_encoder"]))
+        self.trained_modules = [model.unet] + ([model.text_encoder] if trainable["text_encoder"] else [])
+        return trainable
+
+    def _setup_caches(self) -> None:
+        cfg, model = self.cfg, self.model
+        self.caption_processors = {r.subset: data.CaptionProcessor.from_subset(r.subset) for r in self.records}
+        self.disabled_augmentations: list[str] = []
+        # The VAE stays fp32 (as loaded): SD's VAE overflows in fp16.
+        model.vae.to(self.device)
+        self.latents = LatentCache(
+            self.cache_dir / "latents", model.vae, model.vae_identity, data.load_image_tensor, self.device
+        )
+        if cfg.train.cache_latents:
+            flips = [(r, f) for r in self.records for f in ((False, True) if r.subset.flip_aug else (False,))]
+            flips += [(r, False) for r in self.val_records]
+            with self.run_log.progress("caching latents", total=len(flips)) as advance:
+                self.latents.prepare(flips, progress=advance)
+            model.vae.to("cpu")  # not needed on the device again
+        self.text_cache = None
+        if cfg.train.cache_text_encoder_outputs and not self.trainable["text_encoder"]:
+            augmenting = sorted({s.image_dir.name for s, p in self.caption_processors.items() if p.is_augmenting})
+            if augmenting:
+                self.disabled_augmentations = augmenting
+                log.warning(
+                    "train.cache_text_encoder_outputs=true disables caption shuffle/dropout for subsets %s; "
+                    "set it to false to keep them",
+                    ", ".join(augmenting),
+                )
+            # Embeddings depend on the encoder's weights and the dtype it runs in.
+            identity = f"{model.model_hash}:{self.weight_dtype}"
+            self.text_cache = TextEmbeddingCache(self.cache_dir / "text", identity, self._encode_text)
+            self.text_cache.prepare(r.caption for r in self.records + self.val_records)
+
+    def _setup_optimizer(self) -> None:
+        cfg = self.cfg
+        groups = optimizers.param_groups_for(self.trainable["unet"], self.trainable["text_encoder"], cfg.optimizer)
+        self.optimizer = optimizers.build_optimizer(cfg.optimizer, groups)
+        batch_sizes = [b.batch_size for b in self.blueprints]
+        batches_per_epoch = data.steps_per_epoch(self.records, batch_sizes)
+        self.steps_per_epoch = math.ceil(batches_per_epoch / cfg.train.gradient_accumulation_steps)
+        limits = [cfg.train.max_train_steps] if cfg.train.max_train_steps else []
+        if cfg.train.max_train_epochs:
+            limits.append(cfg.train.max_train_epochs * self.steps_per_epoch)
+        self.total_steps = min(limits)
+        self.lr_scheduler = schedulers.build_scheduler(cfg.scheduler, self.optimizer, self.total_steps)
+        log.info(
+            "%d images, %d samples per epoch with repeats, %d buckets; %d optimizer steps per epoch, %d in total; "
+            "%d trainable LoRA parameters on %s",
+            len(self.records),
+            data.count_samples_with_repeats(self.records),
+            len({(r.dataset_index, r.bucket) for r in self.records}),
+            self.steps_per_epoch,
+            self.total_steps,
+            sum(p.numel() for group in self.trainable.values() for p in group),
+            self.device,
+        )
+        prepared = self.accelerator.prepare(*self.trained_modules, self.optimizer, self.lr_scheduler)
+        self.optimizer, self.lr_scheduler = prepared[-2], prepared[-1]
+
+    def _setup_evaluation(self) -> None:
+        ev = self.cfg.evaluate
+        if not ev.enabled:
+            return
+        self.evaluator = build_training_evaluator(
+            ev,
+            prompts=self.prompts,
+            model=self.model,
+            device=self.device,
+            dtype=self.weight_dtype,
+            resolution=self.blueprints[0].resolution,
+            reference_images=[r.path for r in self.records],
+            cache_dir=self.cache_dir / "clip",
+            validation=self._validation_loss if ev.validation.enabled and self.val_records else None,
+            logger=self.run_log.logger,
+            out_dir=self.output_dir,
+        )
+
+    def _validation_loss(self) -> float:
+        if self.cfg.train.cache_latents:
+            latents = [self.latents.get(r, False, "deterministic") for r in self.val_records]
+        else:
+            latents = list(self.latents.encode_uncached([(r, False) for r in self.val_records], "deterministic", None))
+        scale = self.model.vae.config.scaling_factor
+        with torch.no_grad():
+            hidden = [self._text_hidden([r], epoch=-1, augment=False)[0] for r in self.val_records]
+        ev = self.cfg.evaluate.validation
+        return validation_loss(
+            self._predict,
+            [lat * scale for lat in latents],
+            hidden,
+            self.model.noise_scheduler,
+            ev.timesteps,
+            ev.seed,
+            self.model.prediction_type,
+        )
+
+    # ------------------------------------------------------------------ train
+    def train(self) -> Path:
+        try:
+            final = self._train_loop()
+        except BaseException as err:
+            # A failed or pruned run still leaves its summary and closes its logger runs.
+            status = "pruned" if isinstance(err, RunPruned) else "failed"
+            self._finish(None, status=status, reason=f"{type(err).__name__}: {err}")
+            raise
+        self._finish(final, status="completed")
+        return final
+
+    def _train_loop(self) -> Path:
+        cfg, acc = self.cfg, self.accelerator
+        params = [p for group in self.trainable.values() for p in group]
+        batch_sizes = [b.batch_size for b in self.blueprints]
+        self.started_at = time.time()
+        self.final_step, self.final_epoch = 0, 0
+        step, epoch = 0, 0
+        with self.run_log.progress("training", total=self.total_steps) as advance:
+            while step < self.total_steps:
+                for batch in data.plan_epoch(self.records, batch_sizes, epoch, cfg.train.seed):
+                    with acc.accumulate(*self.trained_modules):
+                        loss = self._loss(batch, epoch)
+                        if not torch.isfinite(loss):
+                            raise TrainingDiverged(f"loss is {loss.item()} at step {step + 1}")
+                        acc.backward(loss)
+                        if acc.sync_gradients and cfg.train.max_grad_norm > 0:
+                            acc.clip_grad_norm_(params, cfg.train.max_grad_norm)
+                        self.optimizer.step()
+                        self.lr_scheduler.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    if not acc.sync_gradients:
+                        continue
+                    step += 1
+                    self.final_step, self.final_epoch = step, epoch + 1
+                    self._log_step(step, loss.item(), advance)
+                    if self.on_step is not None:
+                        self.on_step(step, self)
+                    if step >= self.total_steps:
+                        break
+                    train, ev = cfg.train, cfg.evaluate
+                    name = f"{train.output_name}-step{step:06d}"
+                    self._periodic(step, step, epoch + 1, name, train.save_every_n_steps, ev.every_n_steps)
+                epoch += 1
+                if step < self.total_steps:  # the final save and evaluation cover the last epoch
+                    train, ev = cfg.train, cfg.evaluate
+                    name = f"{train.output_name}-{epoch:06d}"
+                    self._periodic(epoch, step, epoch, name, train.save_every_n_epochs, ev.every_n_epochs)
+        final = self.save(step, epoch, cfg.train.output_name)
+        if self.evaluator is not None:
+            self._evaluate(step, epoch, final)
+        return final
+
+    def _periodic(self, count: int, step: int, epoch: int, name: str, save_every, eval_every) -> None:
+        """Save and/or evaluate every N steps (count=step) or epochs (count=epoch); an evaluation reuses a save."""
+        if save_every and count % save_every == 0:
+            self.save(step, epoch, name)
+        if self.evaluator is not None and eval_every and count % eval_every == 0:
+            self._evaluate(step, epoch, self.checkpoints.get(step) or self.save(step, epoch, name))
+
+    def _evaluate(self, step: int, epoch: int, checkpoint: Path) -> None:
+        result = self.evaluator.evaluate(step, epoch, checkpoint)
+        log.info("evaluation at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in result.scores.items()))
+        self.reporter.report(result)
+        if self.reporter.should_prune():
+            raise RunPruned(
+                f"pruned at step {step} (value {result.value:.4g})"
+                if result.value is not None
+                else f"pruned at step {step}"
+            )
+
+    def _loss(self, batch: list, epoch: int = 0) -> torch.Tensor:
+        model = self.model
+        flips = [r.subset.flip_aug and self.rng.random() < 0.5 for r in batch]
+        latents = self._latents(batch, flips)
+        hidden = self._text_hidden(batch, epoch)
+        noise = self.noise_sampler(latents, self.noise_generator)
+        num_t = model.noise_scheduler.config.num_train_timesteps
+        timesteps = torch.randint(0, num_t, (len(batch),), generator=self.noise_generator)
+        loss = per_sample_loss(
+            self._predict,
+            model.noise_scheduler,
+            latents,
+            hidden,
+            noise,
+            timesteps,
+            model.prediction_type,
+            self.cfg.train.min_snr_gamma,
+        )
+        return loss.mean()
+
+    def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        dev, dtype = self.device, self.weight_dtype
+        return self.model.unet(noisy.to(dev, dtype), timesteps.to(dev), hidden.to(dev, dtype)).sample
+
+    def _latents(self, batch: list, flips: list[bool]) -> torch.Tensor:
+        mode = self.cfg.train.latent_sampling
+        if self.cfg.train.cache_latents:
+            latents = torch.stack(
+                [self.latents.get(r, f, mode, self.noise_generator) for r, f in zip(batch, flips, strict=True)]
+            )
+        else:
+            latents = self.latents.encode_uncached(list(zip(batch, flips, strict=True)), mode, self.noise_generator)
+        return latents * self.model.vae.config.scaling_factor
+
+    def _text_hidden(self, batch: list, epoch: int, augment: bool = True) -> torch.Tensor:
+        if self.text_cache is not None:
+            return torch.stack([self.text_cache.get(r.caption) for r in batch])
+        # Captions count epochs from 1, as kohya does (caption_dropout_every_n_epochs).
+        # Without augmentation (validation) the training RNG is not touched.
+        if augment:
+            captions = [self.caption_processors[r.subset](r.caption, self.rng, epoch=epoch + 1) for r in batch]
+        else:
+            captions = [r.caption for r in batch]
+        if self.trainable["text_encoder"]:
+            return self._encode_text(captions)
+        with torch.no_grad():
+            return self._encode_text(captions)
+
+    def _encode_text(self, captions: list[str]) -> torch.Tensor:
+        tok = self.model.tokenizer
+        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+        return self.model.text_encoder(ids.input_ids.to(self.device))[0]
+
+    def _log_step(self, step: int, loss: float, advance) -> None:
+        lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
+        self.last_loss = loss
+        advance(1, loss=loss, lr=next(iter(lrs.values())))
+        if step % self.cfg.train.log_every_n_steps == 0:
+            self.run_log.scalars(step, {"loss/train": loss, **{f"lr/{k}": v for k, v in lrs.items()}})
+
+    # ------------------------------------------------------------------- save
+    def save(self, step: int, epoch: int, name: str) -> Path:
+        path = self.output_dir / "checkpoints" / f"{name}.safetensors"
+        unet = self.accelerator.unwrap_model(self.model.unet)
+        te = self.accelerator.unwrap_model(self.model.text_encoder)
+        tensors = kohya_state_dict(unet, te, self.cfg.network)
+        metadata = training_metadata(self, step=step, epoch=epoch, name=name)
+        save_lora(path, tensors, build_metadata(network=self.cfg.network, extra=metadata))
+        self.checkpoints[step] = path
+        log.info("saved %s (step %d, epoch %d)", path, step, epoch)
+        return path
+
+    def _finish(self, final: Path | None, status: str, reason: str | None = None) -> None:
+        elapsed = time.time() - getattr(self, "started_at", time.time())
+        steps = getattr(self, "final_step", 0)
+        self.run_log.finish(
+            self.cfg,
+            status=status,
+            reason=reason,
+            final=final,
+            checkpoints=list(self.checkpoints.values()),
+            best=self.evaluator.best if self.evaluator else None,
+            stats={
+                "steps": steps,
+                "epochs": getattr(self, "final_epoch", 0),
+                "last_loss": getattr(self, "last_loss", None),
+                "num_images": len(self.records),
+                "num_validation_images": len(self.val_records),
+                "latent_encodes": self.latents.encode_count,
+                "text_encodes": self.text_cache.encode_count if self.text_cache else 0,
+                "disabled_augmentations": self.disabled_augmentations,
+                "train_seconds": round(elapsed, 3),
+                "steps_per_second": round(steps / elapsed, 3) if elapsed > 0 else None,
+            },
+        )
