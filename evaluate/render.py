@@ -1,0 +1,299 @@
+"""Fixed-seed renders of the live, training model for the evaluation grid.
+
+Each image gets its own CPU generator seeded from (prompt, seed), so its noise
+never depends on its batch. Its pixels would still differ in the last bit
+between batch sizes: GEMM/conv kernels (oneDNN, cuBLAS, cuDNN) and GroupNorm
+pick their algorithms and reduction orders by batch shape. So by default
+(``batch_invariant``) each image's U-Net rows and its VAE decode run on their
+own and an image is bit-identical at any batch size; batching then only shares
+text encoding and the pipeline's per-call work. ``batch_invariant=False`` runs
+whole batches through the U-Net: faster, equal up to rounding (<= 1 pixel level in our runs).
+
+Rendering leaves training as it found it: global RNG states, train/eval
+modes, module devices, LoRA scales and requires_grad flags are restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+
+from evaluate.prompts import PromptSpec
+from evaluate.samplers import make_scheduler
+from train.lora_format import ADAPTER, lora_layers
+
+MIN_SIZE = 64  # kohya's floor for sample images
+
+
+@dataclass(frozen=True)
+class RenderJob:
+    prompt_index: int
+    prompt: PromptSpec
+    seed_index: int
+    seed: int  # the generator seed of this image
+    multiplier: float | None  # LoRA strength; None = baseline (LoRA off)
+
+
+@dataclass
+class Render:
+    job: RenderJob
+    image: PIL.Image.Image
+
+
+def plan_renders(
+    prompts: list[PromptSpec], seeds: list[int], multipliers: list[float], baseline: bool
+) -> list[RenderJob]:
+    """Every (prompt, strength, seed) image, in grid order: per prompt, the baseline row first, then each strength."""
+    strengths: list[float | None] = ([None] if baseline else []) + list(dict.fromkeys(multipliers))
+    jobs = []
+    for prompt_index, prompt in enumerate(prompts):
+        for multiplier in strengths:
+            for seed_index, seed in enumerate(seeds):
+                # A prompt's own --d seeds its columns d, d+1, ... (kohya renders one image at d).
+                image_seed = prompt.seed + seed_index if prompt.seed is not None else seed
+                jobs.append(RenderJob(prompt_index, prompt, seed_index, image_seed, multiplier))
+    return jobs
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a batch must share: one pipeline call renders it."""
+
+    multiplier: float | None
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    sampler: str
+    negative_prompt: str
+
+
+def _round_size(pixels: int) -> int:
+    return max(MIN_SIZE, pixels - pixels % 8)  # the VAE needs multiples of 8, as kohya rounds
+
+
+def _module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+@contextlib.contextmanager
+def lora_strength(models: list[torch.nn.Module], multiplier: float | None) -> Iterator[None]:
+    """Run the models' LoRA at ``multiplier`` x its trained scale, or switched off (None); restore after."""
+    layers = [layer for model in models for layer in lora_layers(model).values()]
+    scales = [layer.scaling[ADAPTER] for layer in layers]
+    disabled = [layer.disable_adapters for layer in layers]
+    # peft's enable_adapters() also flips requires_grad on the LoRA weights; keep the trainer's flags.
+    params = [p for layer in layers for p in (*layer.lora_A.parameters(), *layer.lora_B.parameters())]
+    grads = [p.requires_grad for p in params]
+    try:
+        for layer, scale in zip(layers, scales, strict=True):
+            layer.enable_adapters(multiplier is not None)
+            if multiplier is not None:
+                layer.scaling[ADAPTER] = scale * multiplier
+        yield
+    finally:
+        for layer, scale, was_disabled in zip(layers, scales, disabled, strict=True):
+            layer.scaling[ADAPTER] = scale
+            layer.enable_adapters(not was_disabled)
+        for param, grad in zip(params, grads, strict=True):
+            param.requires_grad_(grad)
+
+
+@contextlib.contextmanager
+def per_image_unet(unet: torch.nn.Module, images: int) -> Iterator[None]:
+    """Evaluate ``unet`` one image at a time: rows i, i+images, ... (its CFG pair) together, the same shapes at any batch size."""
+    forward = unet.forward  # accelerate's autocast wrapper when it set one on the instance
+    own_forward = "forward" in vars(unet)
+
+    def forward_per_image(sample, *args, return_dict=True, **kwargs):
+        rows = sample.shape[0]
+        if images <= 1 or rows % images:
+            return forward(sample, *args, return_dict=return_dict, **kwargs)
+
+        def image_rows(value, index):
+            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == rows:
+                return value.index_select(0, index)  # a contiguous copy, as a batch of one would be
+            return value
+
+        outputs = []
+        for image in range(images):
+            index = torch.arange(image, rows, images, device=sample.device)
+            picked_args = [image_rows(a, index) for a in args]
+            picked_kwargs = {k: image_rows(v, index) for k, v in kwargs.items()}
+            outputs.append(forward(image_rows(sample, index), *picked_args, return_dict=False, **picked_kwargs)[0])
+        # outputs[i][j] is row i + j * images.
+        merged = torch.stack(outputs, dim=1).reshape(rows, *outputs[0].shape[1:])
+        return UNet2DConditionOutput(sample=merged) if return_dict else (merged,)
+
+    unet.forward = forward_per_image
+    try:
+        yield
+    finally:
+        if own_forward:
+            unet.forward = forward
+        else:
+            del unet.forward
+
+
+@contextlib.contextmanager
+def preserved_training_state(modules: dict[str, torch.nn.Module]) -> Iterator[None]:
+    """Restore RNG states, every submodule's train/eval mode and each module's device on exit."""
+    modes = {sub: sub.training for module in modules.values() for sub in module.modules()}
+    devices = {name: _module_device(module) for name, module in modules.items()}
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        for name, module in modules.items():
+            if _module_device(module) != devices[name]:
+                module.to(devices[name])
+        for sub, training in modes.items():
+            sub.training = training
+
+
+class Renderer:
+    """Renders RenderJobs with the trainer's live modules (LoRA included); never reloads from disk."""
+
+    def __init__(
+        self,
+        *,
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        scheduler_config,
+        device,
+        cfg,
+        default_size: tuple[int, int],
+        dtype=torch.float32,
+        batch_invariant: bool | None = None,
+    ):
+        self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.scheduler_config = scheduler_config
+        self.device = torch.device(device)
+        self.cfg = cfg
+        self.default_size = default_size  # (width, height)
+        self.dtype = dtype
+        # None: the config's batch_invariant if it has one, else on (bit-identical images at any batch size).
+        self.batch_invariant = getattr(cfg, "batch_invariant", True) if batch_invariant is None else batch_invariant
+
+    def settings(self, job: RenderJob) -> Settings:
+        spec, cfg = job.prompt, self.cfg
+        return Settings(
+            multiplier=job.multiplier,
+            width=_round_size(spec.width or self.default_size[0]),
+            height=_round_size(spec.height or self.default_size[1]),
+            steps=spec.steps or cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale if spec.guidance_scale is None else spec.guidance_scale,
+            sampler=spec.sampler or cfg.sampler,
+            negative_prompt=cfg.negative_prompt if spec.negative_prompt is None else spec.negative_prompt,
+        )
+
+    def batches(self, jobs: list[RenderJob]) -> list[tuple[Settings, list[int]]]:
+        """Indices into ``jobs`` grouped by shared settings (first-seen order), cut into cfg.batch_size batches."""
+        groups: dict[Settings, list[int]] = {}
+        for index, job in enumerate(jobs):
+            groups.setdefault(self.settings(job), []).append(index)
+        size = self.cfg.batch_size
+        return [(s, group[i : i + size]) for s, group in groups.items() for i in range(0, len(group), size)]
+
+    @classmethod
+    def for_model(cls, model, *, device, cfg, default_size, dtype=torch.float32, batch_invariant=None) -> Renderer:
+        """A renderer over a loaded base model's parts (``train.models.loading.BaseModel``)."""
+        return cls(
+            unet=model.unet,
+            vae=model.vae,
+            text_encoder=model.text_encoder,
+            tokenizer=model.tokenizer,
+            scheduler_config=model.noise_scheduler.config,
+            device=device,
+            cfg=cfg,
+            default_size=default_size,
+            dtype=dtype,
+            batch_invariant=batch_invariant,
+        )
+
+    def render(self, jobs: list[RenderJob]) -> list[Render]:
+        """One image per job, returned in the order of ``jobs``."""
+        if not jobs:
+            return []
+        modules = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        images: dict[int, PIL.Image.Image] = {}
+        with preserved_training_state(modules), torch.no_grad():
+            for module in modules.values():
+                module.eval()
+            # The pipeline runs on its modules' device: bring the VAE and text encoder to the U-Net's.
+            self.vae.to(self.device)
+            self.text_encoder.to(self.device)
+            pipeline = self._pipeline()
+            for settings, indices in self.batches(jobs):
+                with lora_strength([self.unet, self.text_encoder], settings.multiplier):
+                    rendered = self._render_batch(pipeline, settings, [jobs[i] for i in indices])
+                images.update(zip(indices, rendered, strict=True))
+        return [Render(job, images[i]) for i, job in enumerate(jobs)]
+
+    def _pipeline(self) -> StableDiffusionPipeline:
+        pipeline = StableDiffusionPipeline(
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            unet=self.unet,
+            scheduler=make_scheduler(self.cfg.sampler, self.scheduler_config),
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.set_progress_bar_config(disable=True)
+        return pipeline
+
+    def _autocast(self):
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _encode(self, pipeline, settings: Settings, batch: list[RenderJob], guided: bool):
+        """Prompt (and negative) embeddings, each distinct text encoded once on its own."""
+        texts = [job.prompt.prompt for job in batch] + ([settings.negative_prompt] if guided else [])
+        encoded = {text: pipeline.encode_prompt(text, self.device, 1, False)[0] for text in dict.fromkeys(texts)}
+        positive = torch.cat([encoded[job.prompt.prompt] for job in batch])
+        negative = encoded[settings.negative_prompt].expand_as(positive) if guided else None
+        return positive, negative
+
+    def _render_batch(self, pipeline, settings: Settings, batch: list[RenderJob]) -> list[PIL.Image.Image]:
+        # A fresh scheduler per call: multistep samplers keep per-run state.
+        pipeline.scheduler = make_scheduler(settings.sampler, self.scheduler_config)
+        guided = settings.guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        per_image = per_image_unet(self.unet, len(batch)) if self.batch_invariant else contextlib.nullcontext()
+        with self._autocast(), per_image:
+            positive, negative = self._encode(pipeline, settings, batch, guided)
+            latents = pipeline(
+                prompt_embeds=positive,
+                negative_prompt_embeds=negative,
+                width=settings.width,
+                height=settings.height,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                generator=[torch.Generator("cpu").manual_seed(job.seed) for job in batch],
+                output_type="latent",
+            ).images
+        chunks = latents.split(1) if self.batch_invariant else [latents]
+        return [image for chunk in chunks for image in self._decode(pipeline, chunk)]
+
+    def _decode(self, pipeline, latents: torch.Tensor) -> list[PIL.Image.Image]:
+        # Decode ourselves, outside autocast: the VAE may stay fp32 while the U-Net runs in bf16/fp16.
+        vae = self.vae
+        latents = latents.to(vae.device, next(vae.parameters()).dtype) / vae.config.scaling_factor
+        pixels = vae.decode(latents, return_dict=False)[0]
+        return pipeline.image_processor.postprocess(pixels.float(), output_type="pil")
