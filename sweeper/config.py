@@ -1,0 +1,81 @@
+"""Typed config of the sweeper (``hydra.sweeper``), checked when the sweep starts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from train.errors import ConfigError
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"hydra.sweeper.{key}: {message}")
+
+
+@dataclass
+class ConditionalSpace:
+    # Sample `params` only in trials where every key of `when` took one of its listed values.
+    when: dict[str, list[Any]] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FaultInjection:
+    # For tests: make trial number `trial` fail with `kind` (oom | exit | nan | error) at training step `at_step`.
+    trial: int | None = None
+    kind: str = "oom"
+    at_step: int = 1
+
+
+@dataclass
+class SweeperConfig:
+    _target_: str = "hydra_plugins.lora_sweeper.LoRASweeper"
+    # Sampler and pruner stay config here; create_study instantiates them with clear errors.
+    _recursive_: bool = False
+    study_name: str = "lora-sweep"
+    # null: sqlite in the sweep dir. Also journal:///path.log, redis://host:6379/0, postgresql://..., mysql://...
+    storage: str | None = None
+    direction: Any = "maximize"  # or a list for multi-objective
+    # Multi-objective: the evaluation metric behind each direction, e.g. [clip_t, aesthetic].
+    objectives: list[str] | None = None
+    n_trials: int = 8  # total for the study, across processes and hosts
+    timeout: float | None = None  # seconds for this controller
+    gpu_hours: float | None = None  # budget of slot time spent by the study
+    # Slots: gpus [0, 2] (null: all visible), trials_per_gpu; cpu_slots when there is no GPU.
+    gpus: list[int] | None = None
+    trials_per_gpu: int = 1
+    cpu_slots: int = 2
+    max_retries: int = 0  # re-runs of a failed configuration
+    # Which metric each trial reports while it trains: "objective" or "val_loss".
+    report: str = "objective"
+    sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})
+    pruner: Any = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
+    params: dict[str, Any] = field(default_factory=dict)
+    conditional: list[ConditionalSpace] = field(default_factory=list)
+    # Derived values: key -> arithmetic over sampled keys, e.g. {network.alpha: "network.dim * _alpha_ratio"}.
+    derived: dict[str, str] = field(default_factory=dict)
+    # Known-good configurations to run first: a list of {key: value}.
+    enqueue: list[dict[str, Any]] = field(default_factory=list)
+    fault_injection: list[FaultInjection] = field(default_factory=list)
+    # Seconds without a heartbeat before a RUNNING trial counts as dead (stale-trial check).
+    heartbeat_interval: int = 10
+    grace_period: int = 30
+
+    def __post_init__(self) -> None:
+        _require(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
+        _require(self.trials_per_gpu >= 1, "trials_per_gpu", "must be >= 1")
+        _require(self.cpu_slots >= 1, "cpu_slots", "must be >= 1")
+        _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _require(self.report in ("objective", "val_loss"), "report", "must be objective or val_loss")
+        directions = self.direction if isinstance(self.direction, list) else [self.direction]
+        for d in directions:
+            _require(d in ("maximize", "minimize"), "direction", f"must be maximize or minimize, got {d!r}")
+        if len(directions) > 1:
+            _require(
+                self.objectives is not None and len(self.objectives) == len(directions),
+                "objectives",
+                f"name one evaluation metric per direction ({len(directions)}), e.g. [clip_t, aesthetic]",
+            )
+        _require(self.timeout is None or self.timeout > 0, "timeout", "must be > 0 or null")
+        _require(self.gpu_hours is None or self.gpu_hours > 0, "gpu_hours", "must be > 0 or null")

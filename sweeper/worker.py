@@ -1,0 +1,280 @@
+"""One sweep trial in a persistent worker process, and the worker's loop.
+
+A worker keeps the pristine base model loaded between trials (the recipe trains
+a deep copy), opens the study storage itself to report evaluations and read
+prune decisions, and turns every way a trial can end into a ``TrialOutcome``,
+so one trial's failure never takes the worker down. The worker never calls
+``tell``: the controller does, from the outcome.
+
+torch is imported only inside functions: ``worker_main`` must set
+CUDA_VISIBLE_DEVICES before anything touches CUDA.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import optuna
+
+from evaluate.reporter import RunPruned
+from sweeper.reporting import OptunaReporter
+from train.errors import UserError
+
+PROGRESS_INTERVAL = 0.5  # seconds between progress messages: cheap for the pipe and the controller
+
+
+@dataclass
+class TrialJob:
+    trial_number: int
+    trial_id: int
+    study_name: str
+    storage_url: str
+    overrides: list[str]  # Hydra overrides of conf/config.yaml: base ones + sampled ones
+    run_dir: str
+    config_dir: str  # the conf/ folder
+    report_metric: str = "objective"
+    fault: dict | None = None  # {"kind": "oom" | "exit" | "nan" | "error", "at_step": k}
+    objective_metrics: list[str] | None = None  # multi-objective: these scores of the best evaluation
+    pruner: dict | None = None  # hydra.sweeper.pruner (_target_ spec): pruners are not in the storage
+
+
+@dataclass
+class TrialOutcome:
+    trial_number: int
+    state: str  # "COMPLETE" | "PRUNED" | "FAIL"
+    values: list[float] | None
+    reason: str | None
+    seconds: float
+    rss_mb: float  # worker's resident memory after the trial
+    step: int  # last optimizer step reached
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """The study storage a worker opens for itself; the controller has already checked the URL."""
+    from optuna.storages import journal
+
+    if url.startswith("journal://") or ("://" not in url and url.endswith(".log")):
+        return journal.JournalStorage(journal.JournalFileBackend(url.removeprefix("journal://")))
+    if url.startswith(("redis://", "rediss://")):
+        return journal.JournalStorage(journal.JournalRedisBackend(url))
+    # The controller and the other workers write the same SQLite file: wait for its lock, do not fail.
+    connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args})
+
+
+@lru_cache(maxsize=4)
+def _cached_storage(url: str) -> optuna.storages.BaseStorage:
+    # One connection pool / journal replay per worker, not one per trial.
+    return open_storage(url)
+
+
+def open_study(job: TrialJob) -> optuna.Study:
+    from hydra.utils import instantiate
+
+    # Prune decisions are made here, by this pruner, on the values in the storage. None: Optuna's default.
+    pruner = instantiate(job.pruner) if job.pruner else None
+    storage = _cached_storage(job.storage_url)
+    return optuna.load_study(study_name=job.study_name, storage=storage, pruner=pruner)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        resident_pages = int(f.read().split()[1])
+    return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def compose_run_config(job: TrialJob):
+    from hydra import compose, initialize_config_dir
+
+    from train.__main__ import to_run_config
+
+    with initialize_config_dir(config_dir=job.config_dir, version_base="1.3"):
+        cfg = compose("config", overrides=[*job.overrides, f"paths.output_dir={job.run_dir}"])
+    return to_run_config(cfg)
+
+
+def base_model_for(model_cfg, base_models: dict):
+    """The pristine base for this model config, loaded once; a different model replaces it (memory)."""
+    from train.models.loading import load_base_model
+
+    key = json.dumps(dataclasses.asdict(model_cfg), sort_keys=True, default=str)
+    if key not in base_models:
+        base_models.clear()  # free the old base before loading the new one
+        base_models[key] = load_base_model(model_cfg)
+    return base_models[key]
+
+
+class FaultInjector:
+    """Test faults at one step, through the same paths real failures take."""
+
+    def __init__(self, fault: dict | None):
+        self.kind = fault["kind"] if fault else None
+        self.at_step = int(fault.get("at_step", 1)) if fault else None
+
+    def due(self, step: int) -> bool:
+        return self.kind is not None and step == self.at_step
+
+    def __call__(self, step: int, recipe) -> None:
+        if not self.due(step):
+            return
+        import torch
+
+        if self.kind == "oom":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        if self.kind == "exit":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.kind == "nan":
+            # A NaN weight makes the next loss NaN: the recipe's own divergence check fires.
+            param = next(p for group in recipe.trainable.values() for p in group)
+            with torch.no_grad():
+                param.view(-1)[0] = float("nan")
+        if self.kind == "error":
+            raise RuntimeError("injected error")
+
+
+def _is_oom(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err))
+
+
+def classify_failure(err: Exception, step: int) -> tuple[str, str]:
+    """(state, reason) for an exception that ended a trial."""
+    from train.recipe import TrainingDiverged
+
+    if isinstance(err, RunPruned):
+        return "PRUNED", str(err)
+    if isinstance(err, TrainingDiverged):
+        return "PRUNED", f"diverged: {err}"
+    if _is_oom(err):
+        return "FAIL", f"CUDA out of memory at step {step}"
+    if isinstance(err, UserError):
+        return "FAIL", str(err)
+    return "FAIL", f"{type(err).__name__}: {err}"
+
+
+def trial_values(job: TrialJob, evaluator) -> list[float]:
+    """The values to tell Optuna, from the run's best evaluation."""
+    best = evaluator.best
+    if best is None:
+        raise ValueError("no evaluation produced an objective value")
+    if job.objective_metrics:
+        missing = [m for m in job.objective_metrics if m not in best.scores]
+        if missing:
+            raise ValueError(f"objective metrics {missing} not in the evaluation scores {sorted(best.scores)}")
+        values = [float(best.scores[m]) for m in job.objective_metrics]
+    else:
+        values = [float(best.value)]
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError(f"objective values are not finite: {values}")
+    return values
+
+
+def run_trial(job: TrialJob, base_models: dict, progress: Callable[[int, bool], None] | None = None) -> TrialOutcome:
+    """Train one trial to its outcome; ``progress(step, force)`` is told of each optimizer step."""
+    from train.recipe import LoRATrainingRecipe
+
+    started = time.monotonic()
+    faults = FaultInjector(job.fault)
+
+    def on_step(step: int, recipe) -> None:
+        if progress is not None:
+            progress(step, faults.due(step))  # flushed before a fault, so the pool can name the step
+        faults(step, recipe)
+
+    recipe, step, values = None, 0, None
+    log_handler = _trial_log(Path(job.run_dir))
+    try:
+        cfg = compose_run_config(job)
+        if not cfg.evaluate.enabled:
+            raise UserError("no evaluation configured")  # nothing to tell Optuna; spend no training on it
+        reporter = OptunaReporter(open_study(job), job.trial_id, job.report_metric)
+        base = base_model_for(cfg.model, base_models)
+        recipe = LoRATrainingRecipe(cfg, Path(job.run_dir), reporter, base_model=base, on_step=on_step)
+        recipe.setup()
+        recipe.train()
+        step = recipe.final_step
+        values = trial_values(job, recipe.evaluator)
+        state, reason = "COMPLETE", None
+    except Exception as err:  # any trial failure ends the trial, never the worker
+        step = getattr(recipe, "final_step", 0)
+        state, reason = classify_failure(err, step)
+    finally:
+        del recipe  # nothing trial-specific may outlive the trial
+        _free_memory()
+    outcome = TrialOutcome(job.trial_number, state, values, reason, time.monotonic() - started, rss_mb(), step)
+    logging.getLogger("sweeper.worker").info("trial %d %s%s", job.trial_number, state, f": {reason}" if reason else "")
+    logging.getLogger().removeHandler(log_handler)
+    log_handler.close()
+    return outcome
+
+
+def _trial_log(run_dir: Path) -> logging.Handler:
+    """Everything logged during the trial also goes to <run_dir>/trial.log."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "trial.log")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    if root.level > logging.INFO or root.level == logging.NOTSET:
+        root.setLevel(logging.INFO)
+    return handler
+
+
+def _free_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+class _ProgressSender:
+    """Sends ("progress", trial, step) at most every PROGRESS_INTERVAL; exits if the controller is gone."""
+
+    def __init__(self, conn, trial_number: int, parent_pid: int):
+        self.conn, self.trial_number, self.parent_pid = conn, trial_number, parent_pid
+        self.last_sent = 0.0
+
+    def __call__(self, step: int, force: bool = False) -> None:
+        if os.getppid() != self.parent_pid:
+            os._exit(1)  # an orphan must not keep training on a GPU the resumed sweep will use
+        now = time.monotonic()
+        if force or now - self.last_sent >= PROGRESS_INTERVAL:
+            self.conn.send(("progress", self.trial_number, step))
+            self.last_sent = now
+
+
+def worker_main(slot_index: int, device_env: str | None, conn, threads: int | None = None) -> None:
+    """Process entry: run the TrialJobs received on ``conn`` until None (or the controller closes the pipe)."""
+    if device_env is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device_env
+    # Ctrl-C reaches the whole process group; the controller decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)  # slots share the host's cores
+    parent_pid = os.getppid()
+    base_models: dict = {}
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            break
+        if job is None:
+            break
+        conn.send(("started", job.trial_number, os.getpid()))
+        outcome = run_trial(job, base_models, _ProgressSender(conn, job.trial_number, parent_pid))
+        conn.send(("done", outcome))

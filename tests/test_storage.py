@@ -1,0 +1,156 @@
+"""make_storage: every URL form gives a working study; every user mistake is one masked ConfigError."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+
+import optuna
+import pytest
+from sqlalchemy.engine import make_url
+
+from sweeper.config import SweeperConfig
+from sweeper.storage import describe_storage, make_storage, mask_url, storage_file, study_lock, supports_heartbeat
+from sweeper.study import create_study
+from tests.services import postgres_url, redis_url
+from train.errors import ConfigError
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+# The round trip asks directly, without the sweeper's Heartbeat; Optuna warns about that on RDB servers.
+pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed")
+
+
+def _roundtrip(storage) -> int:
+    """Create a study, finish one trial, load it back through a second handle; returns its trial count."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    study = create_study(SweeperConfig(study_name=name), storage)
+    try:
+        trial = study.ask()
+        study.tell(trial, trial.suggest_float("x", 0, 1))
+        return len(optuna.load_study(study_name=name, storage=storage).trials)
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
+
+
+def test_default_is_sqlite_in_the_sweep_dir(tmp_path):
+    storage = make_storage(None, tmp_path / "sweep")
+    assert (tmp_path / "sweep" / "optuna.db").is_file()
+    assert storage_file(storage) == tmp_path / "sweep" / "optuna.db"
+    assert not supports_heartbeat(storage)
+    assert _roundtrip(storage) == 1
+
+
+def test_sqlite_url(tmp_path):
+    storage = make_storage(f"sqlite:///{tmp_path / 'other.db'}", tmp_path / "sweep")
+    assert (tmp_path / "other.db").is_file() and not (tmp_path / "sweep").exists()
+    assert _roundtrip(storage) == 1
+
+
+@pytest.mark.parametrize("form", ["journal:///{}", "{}"])
+def test_journal_file(tmp_path, form):
+    path = tmp_path / "study.log"
+    storage = make_storage(form.format(path), tmp_path)
+    assert isinstance(storage, optuna.storages.JournalStorage)
+    assert storage_file(storage) == path and not supports_heartbeat(storage)
+    assert _roundtrip(storage) == 1
+
+
+def test_redis(tmp_path):
+    storage = make_storage(redis_url(), tmp_path)
+    assert isinstance(storage, optuna.storages.JournalStorage) and not supports_heartbeat(storage)
+    assert _roundtrip(storage) == 1
+
+
+@pytest.mark.parametrize("driver", ["postgresql", "postgresql+psycopg2"])
+def test_postgresql(tmp_path, driver):
+    url = make_url(postgres_url()).set(drivername=driver).render_as_string(hide_password=False)
+    storage = make_storage(url, tmp_path, heartbeat_interval=5, grace_period=12)
+    assert supports_heartbeat(storage)
+    assert storage.get_heartbeat_interval() == 5 and storage.grace_period == 12
+    assert storage.engine.pool._pre_ping
+    assert _roundtrip(storage) == 1
+    assert storage_file(storage) is None
+
+
+def _one_masked_error(url: str, tmp_path) -> str:
+    with pytest.raises(ConfigError) as info:
+        make_storage(url, tmp_path)
+    # `raise ... from None`: the user sees one message, not a chained traceback.
+    error = info.value
+    assert error.__cause__ is None and (error.__context__ is None or error.__suppress_context__)
+    message = str(info.value)
+    assert message.startswith("hydra.sweeper.storage:") and "s3cret" not in message
+    return message
+
+
+def test_unknown_scheme(tmp_path):
+    message = _one_masked_error("ftp://me:s3cret@host/db", tmp_path)
+    assert "ftp://me:***@host/db" in message and "postgresql[+psycopg2]://" in message
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://me:s3cret@127.0.0.1:1/test",
+        "postgresql+psycopg2://me:s3cret@127.0.0.1:1/test",
+        "redis://:s3cret@127.0.0.1:1/0",
+    ],
+)
+def test_unreachable_server(tmp_path, url):
+    message = _one_masked_error(url, tmp_path)
+    assert "cannot" in message and ":***@127.0.0.1:1" in message
+
+
+def test_missing_database(tmp_path):
+    url = make_url(postgres_url()).set(password="s3cret", database="no_such_db_" + uuid.uuid4().hex[:6])
+    message = _one_masked_error(url.render_as_string(hide_password=False), tmp_path)
+    assert "cannot open the database" in message and "does not exist" in message
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:////nonexistent-dir/x/optuna.db", "journal:///nonexistent-dir/x/s.log", "/nonexistent-dir/s.log"]
+)
+def test_missing_folder(tmp_path, url):
+    assert "does not exist" in _one_masked_error(url, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("url", "hidden"),
+    [
+        ("mysql+pymysql://me:s3cret@127.0.0.1/db", ["pymysql"]),
+        # The bare scheme takes whichever driver is installed, so both must be missing.
+        ("mysql://me:s3cret@127.0.0.1/db", ["MySQLdb", "pymysql"]),
+        ("postgresql+psycopg://me:s3cret@127.0.0.1/db", ["psycopg"]),
+    ],
+)
+def test_missing_driver(tmp_path, monkeypatch, url, hidden):
+    # A None entry in sys.modules makes `import name` fail and find_spec report it absent,
+    # which is what a machine without the driver sees.
+    for module in hidden:
+        monkeypatch.setitem(sys.modules, module, None)
+    message = _one_masked_error(url, tmp_path)
+    assert "driver is not installed" in message and "pip install" in message
+
+
+def test_heartbeat_timing_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="hydra.sweeper.heartbeat_interval"):
+        make_storage(None, tmp_path, heartbeat_interval=0)
+    with pytest.raises(ConfigError, match="hydra.sweeper.grace_period"):
+        make_storage(None, tmp_path, heartbeat_interval=10, grace_period=10)
+
+
+def test_masking():
+    assert mask_url("postgresql://u:p%40ss@h:5432/db") == "postgresql://u:***@h:5432/db"
+    assert mask_url("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert mask_url("mysql://u@h/db?password=pw&x=1") == "mysql://u@h/db?password=***&x=1"
+    assert mask_url("sqlite:////tmp/a.db") == "sqlite:////tmp/a.db"
+    assert describe_storage("postgresql://u:pw@h/db") == "postgresql://u:***@h/db"
+    assert "sweep dir" in describe_storage(None)
+
+
+def test_file_lock_sits_beside_the_storage_file(tmp_path):
+    storage = make_storage(f"journal:///{tmp_path / 's.log'}", tmp_path)
+    with study_lock(storage, "s"):
+        assert (tmp_path / "s.log.sweep-lock").exists()
+    with study_lock(storage, "s", tmp_path / "explicit.lock"):
+        assert (tmp_path / "explicit.lock").exists()
