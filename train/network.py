@@ -12,7 +12,7 @@ import os
 from typing import NoReturn
 
 import torch
-from peft import LoraConfig
+from peft import LoraConfig, inject_adapter_in_model
 
 from train.config import NetworkConfig
 from train.errors import ConfigError, UserError
@@ -86,7 +86,9 @@ def _add_lora(model: torch.nn.Module, config: LoraConfig, seed: int, key: str) -
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         try:
-            model.add_adapter(config)
+            # peft itself, not the model's add_adapter: transformers' wrapper demands peft
+            # releases newer than some installs have, and adds nothing we use.
+            inject_adapter_in_model(config, model, adapter_name=ADAPTER)
         except ValueError as error:  # peft: no module matches the target names
             raise ConfigError(f"{key}: {error}") from error
     params = []
