@@ -76,7 +76,7 @@ def step_flops(recipe: LoRATrainingRecipe) -> float:
 
 
 def cpu_rows(work: Path, steps: int) -> list[tuple[str, dict[str, float]]]:
-    common = [f"train.max_train_steps={steps}", "train.save_every_n_steps=null", "logger.tensorboard=false"]
+    common = [f"train.max_train_steps={steps}", "train.save_every_n_steps=null", "logger=none", "evaluate=none"]
     uncached = ["train.cache_latents=false", "train.cache_text_encoder_outputs=false"]
     # Builds the model, the data and the caches, so neither timed row pays for them.
     timed_run(make_cfg(work, "warm", [*common, "train.max_train_steps=2"]))
@@ -111,7 +111,8 @@ def full_size_rows(work: Path, steps: int, resolution: int = 512) -> list[tuple[
                 f"train.gradient_checkpointing={str(checkpointing).lower()}",
                 f"train.max_train_steps={steps}",
                 "train.save_every_n_steps=null",
-                "logger.tensorboard=false",
+                "logger=none",
+                "evaluate=none",
             ],
         )
         name = f"SD1.5 full-size, {resolution} px, batch {batch}, bf16, AdamW8bit" + (
