@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from evaluate.config import EvaluateConfig
@@ -33,6 +33,8 @@ class EvalResult:
     value: float | None
     grid_path: str | None
     demo_weights: bool = False
+    # The scored renders one by one ({prompt, seed, path}): reports compare runs image by image.
+    images: list[dict] = field(default_factory=list)
 
 
 def _row_label(prompt: str, multiplier: float | None) -> str:
@@ -77,6 +79,7 @@ class Evaluator:
     def evaluate(self, step: int, epoch: int, checkpoint: Path | None) -> EvalResult:
         renders = self._render()
         grid_path = self._save_grid(renders, step)
+        images = self._save_scored_images(renders, step)
         scores, per_image = self._scores(renders)
         if self.validation is not None:
             scores["val_loss"] = self.validation()
@@ -84,7 +87,7 @@ class Evaluator:
         if all(name in scores for name in used_metrics(self.cfg.objective)):
             value = objective_value(scores, self.cfg.objective)
         result = EvalResult(
-            step, epoch, str(checkpoint) if checkpoint else None, scores, value, str(grid_path), self.demo_weights
+            step, epoch, str(checkpoint) if checkpoint else None, scores, value, str(grid_path), self.demo_weights, images
         )
         self.history.append(result)
         if value is not None and (self.best is None or is_better(value, self.best.value, self.cfg.objective.direction)):
@@ -115,6 +118,18 @@ class Evaluator:
         title = f"step {step}" + (" (demo weights)" if self.demo_weights else "")
         grid = make_grid([[r.image for r in row] for row in ordered], labels, columns, title=title)
         return save_png_atomic(grid, self.out_dir / "eval" / f"grid-step{step:06d}.png")
+
+    def _save_scored_images(self, renders: list[Render], step: int) -> list[dict]:
+        """The renders at the scored strength as PNGs, in grid order (prompt, then seed)."""
+        folder = self.out_dir / "eval" / f"images-step{step:06d}"
+        saved = []
+        for render in renders:
+            job = render.job
+            if job.multiplier != self.score_multiplier:
+                continue
+            path = save_png_atomic(render.image, folder / f"p{job.prompt_index:02d}-s{job.seed}.png")
+            saved.append({"prompt": job.prompt.prompt, "seed": job.seed, "path": str(path)})
+        return saved
 
     def _scores(self, renders: list[Render]) -> tuple[dict[str, float], dict[int, object]]:
         """Aggregates (the objective's multiplier unsuffixed, each row also as name@x1/name@baseline), per-image scores."""

@@ -29,6 +29,35 @@ class FaultInjection:
 
 
 @dataclass
+class PromoteConfig:
+    """How ``python -m sweeper promote`` picks one trial and where it puts the file."""
+
+    # Each study's promotions go to <registry>/<study_name>/.
+    registry: str = "promoted"
+    # Single objective: the best value. Multi-objective (or to override that): either
+    # `weights` {metric: weight}, the largest weighted sum wins (give a minimized metric a negative weight),
+    # or `metric`, the best value of that metric in `metric_direction` (null: its objective's direction).
+    # Dicts are set on the command line as Hydra adds keys: ++hydra.sweeper.promote.weights={clip_t:1.0}
+    weights: dict[str, float] = field(default_factory=dict)
+    metric: str | None = None
+    metric_direction: str | None = None
+    # Only trials with every `floors` metric >= its value and every `ceilings` metric <= its value qualify.
+    floors: dict[str, float] = field(default_factory=dict)
+    ceilings: dict[str, float] = field(default_factory=dict)
+    # Log the promoted file as a W&B artifact (type lora, aliases best and production) with the logger's settings.
+    wandb: bool = True
+
+    def __post_init__(self) -> None:
+        _require(not (self.weights and self.metric), "promote", "set either weights or metric, not both")
+        _require(
+            self.metric_direction in (None, "maximize", "minimize"),
+            "promote.metric_direction",
+            f"must be maximize, minimize or null, got {self.metric_direction!r}",
+        )
+        _require(bool(str(self.registry).strip()), "promote.registry", "must be a folder path")
+
+
+@dataclass
 class SweeperConfig:
     _target_: str = "hydra_plugins.lora_sweeper.LoRASweeper"
     # Sampler and pruner stay config here; create_study instantiates them with clear errors.
@@ -61,6 +90,7 @@ class SweeperConfig:
     # Seconds without a heartbeat before a RUNNING trial counts as dead (stale-trial check).
     heartbeat_interval: int = 10
     grace_period: int = 30
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
     def __post_init__(self) -> None:
         _require(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")

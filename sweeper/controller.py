@@ -205,6 +205,8 @@ class SweepController:
             if outcome.reason:
                 trial.set_user_attr("fail_reason" if state == "FAIL" else "prune_reason", outcome.reason)
             trial.set_user_attr("seconds", round(outcome.seconds, 2))
+            if outcome.best is not None:  # promotion and reports read the best checkpoint from here
+                trial.set_user_attr("best", outcome.best)
             if retry:  # marked before tell: a finished trial's attributes are read-only
                 trial.set_user_attr("requeued", True)
             if state == "COMPLETE":

@@ -19,6 +19,31 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def trials_table(study: optuna.Study, running: dict | None = None, max_rows: int | None = None) -> Table:
+    """One row per trial (the last ``max_rows``): state, value, slot and step while running, params, reason."""
+    running = running or {}
+    table = Table(title=f"study {study.study_name}", expand=False)
+    for column in ("trial", "state", "value", "slot", "step", "params", "reason"):
+        table.add_column(column, overflow="fold")
+    trials = study.get_trials(deepcopy=False)
+    for t in trials[-max_rows:] if max_rows else trials:
+        state = t.state.name
+        live = running.get(t.number)
+        value = "-" if t.values is None else ", ".join(_fmt(v) for v in t.values)
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in (live.values if live else t.params).items())
+        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""
+        table.add_row(
+            str(t.number),
+            f"[{STATE_STYLE.get(state, '')}]{state}[/]",
+            value,
+            str(live.slot) if live else "",
+            str(live.step) if live else "",
+            params,
+            reason,
+        )
+    return table
+
+
 class LiveTable:
     def __init__(self, study: optuna.Study, running: dict, pool, max_rows: int = 20):
         self.study, self.running, self.pool, self.max_rows = study, running, pool, max_rows
@@ -37,26 +62,7 @@ class LiveTable:
         self.live.update(self.render(), refresh=True)
 
     def render(self) -> Table:
-        table = Table(title=f"study {self.study.study_name}", expand=False)
-        for column in ("trial", "state", "value", "slot", "step", "params", "reason"):
-            table.add_column(column, overflow="fold")
-        trials = self.study.get_trials(deepcopy=False)[-self.max_rows :]
-        for t in trials:
-            state = t.state.name
-            running = self.running.get(t.number)
-            value = "-" if t.values is None else ", ".join(_fmt(v) for v in t.values)
-            params = " ".join(f"{k}={_fmt(v)}" for k, v in (running.values if running else t.params).items())
-            reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""
-            table.add_row(
-                str(t.number),
-                f"[{STATE_STYLE.get(state, '')}]{state}[/]",
-                value,
-                str(running.slot) if running else "",
-                str(running.step) if running else "",
-                params,
-                reason,
-            )
-        return table
+        return trials_table(self.study, self.running, self.max_rows)
 
     def print_best(self) -> None:
         self.console.print()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -58,6 +59,29 @@ class TrialOutcome:
     seconds: float
     rss_mb: float  # worker's resident memory after the trial
     step: int  # last optimizer step reached
+    # The run's best evaluation, also for pruned trials: what promotion and reports read.
+    best: dict | None = None
+
+
+def best_record(recipe) -> dict | None:
+    """The best evaluation of a run, with its checkpoint's sha256 (promotion refuses a file that changed)."""
+    best = getattr(getattr(recipe, "evaluator", None), "best", None)
+    if best is None or not best.checkpoint or not Path(best.checkpoint).is_file():
+        return None
+    with open(best.checkpoint, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    return {
+        "step": best.step,
+        "epoch": best.epoch,
+        "checkpoint": best.checkpoint,
+        "sha256": digest,
+        "scores": {k: float(v) for k, v in best.scores.items()},
+        "value": best.value,
+        "grid": best.grid_path,
+        "images": list(best.images),
+        "demo_weights": best.demo_weights,
+        "base_model_hash": recipe.model.model_hash,
+    }
 
 
 def open_storage(url: str) -> optuna.storages.BaseStorage:
@@ -211,13 +235,23 @@ def run_trial(job: TrialJob, base_models: dict, progress: Callable[[int, bool], 
         step = getattr(recipe, "final_step", 0)
         state, reason = classify_failure(err, step)
     finally:
+        best = _best_record_or_none(recipe, job.trial_number)
         del recipe  # nothing trial-specific may outlive the trial
         _free_memory()
-    outcome = TrialOutcome(job.trial_number, state, values, reason, time.monotonic() - started, rss_mb(), step)
+    seconds = time.monotonic() - started
+    outcome = TrialOutcome(job.trial_number, state, values, reason, seconds, rss_mb(), step, best)
     logging.getLogger("sweeper.worker").info("trial %d %s%s", job.trial_number, state, f": {reason}" if reason else "")
     logging.getLogger().removeHandler(log_handler)
     log_handler.close()
     return outcome
+
+
+def _best_record_or_none(recipe, trial_number: int) -> dict | None:
+    try:
+        return best_record(recipe)
+    except OSError as err:  # the record serves promotion and reports; the trial's outcome stands without it
+        logging.getLogger("sweeper.worker").warning("trial %d: best checkpoint unreadable: %s", trial_number, err)
+        return None
 
 
 def _trial_log(run_dir: Path) -> logging.Handler:

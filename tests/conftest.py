@@ -61,3 +61,24 @@ def compose_score(overrides: list[str], output_dir: Path, cache_dir: Path):
             overrides=[f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}", *overrides],
         )
     return to_run_config(cfg)
+
+
+@pytest.fixture(scope="session")
+def fault_sweep(tiny_model_dir, tmp_path_factory):
+    """One real sweep shared by several test modules: an OOM, a NaN and a killed worker among five trials.
+
+    Returns (sweep dir, the finished `python -m train -m` process).
+    """
+    from tests.sweeps import run_sweep, sweep_args
+
+    tmp_path = tmp_path_factory.mktemp("fault-sweep")
+    sweep_dir = tmp_path / "sweep"
+    faults = "[{trial:0,kind:oom,at_step:2},{trial:1,kind:nan,at_step:2},{trial:2,kind:exit,at_step:2}]"
+    args = sweep_args(
+        tiny_model_dir,
+        sweep_dir,
+        "hydra.sweeper.n_trials=5",
+        f"hydra.sweeper.fault_injection={faults}",
+        logger="tensorboard",
+    )
+    return sweep_dir, run_sweep(args, tmp_path, tmp_path / "cache")

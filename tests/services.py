@@ -1,7 +1,8 @@
-"""PostgreSQL and Redis for tests: skipped with a reason when unreachable, a failure under CI=true.
+"""Outside services for tests (PostgreSQL, Redis, MySQL, Chromium): skipped with a reason when
+unavailable, a failure under CI=true.
 
 The URLs default to the local services and can be pointed elsewhere with
-SWEEPER_TEST_POSTGRES / SWEEPER_TEST_REDIS.
+SWEEPER_TEST_POSTGRES / SWEEPER_TEST_REDIS / SWEEPER_TEST_MYSQL / SWEEPER_TEST_CHROMIUM.
 """
 
 from __future__ import annotations
@@ -108,3 +109,20 @@ def mysql_url() -> str:
     if error is not None:
         _unavailable(f"no MySQL at {mask_url(MYSQL_URL)}: {error}")
     return MYSQL_URL
+
+
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome")
+
+
+def chromium_executable() -> str:
+    """The system's Chromium (Debian package `chromium`, which `make test` installs as root), or skip/fail."""
+    import shutil
+
+    if importlib.util.find_spec("playwright") is None:
+        _unavailable("playwright is not installed (pip install -e '.[dev]')")
+    path = os.environ.get("SWEEPER_TEST_CHROMIUM") or next(
+        (found for name in CHROMIUM_CANDIDATES if (found := shutil.which(name))), None
+    )
+    if not path:
+        _unavailable("no Chromium found (apt-get install chromium, or set SWEEPER_TEST_CHROMIUM)")
+    return path

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,60 +16,13 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.sweeps import counted, load, run_sweep, start_sweep, sweep_args
+
 pytestmark = pytest.mark.slow
 
 
-def sweep_args(tiny_model_dir: Path, sweep_dir: Path, *extra: str) -> list[str]:
-    return [
-        "-m",
-        "sweep=demo",
-        f"model.path={tiny_model_dir}",
-        f"hydra.sweep.dir={sweep_dir}",
-        "train.max_train_steps=6",
-        "evaluate.every_n_steps=3",
-        "evaluate.num_inference_steps=2",
-        "logger=none",
-        *extra,
-    ]
-
-
-def start_sweep(args: list[str], cwd: Path, cache: Path) -> subprocess.Popen:
-    env = {**os.environ, "LORA_SWEEP_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "train", *args],
-        cwd=cwd,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def run_sweep(args: list[str], cwd: Path, cache: Path, timeout: float = 400) -> subprocess.CompletedProcess:
-    proc = start_sweep(args, cwd, cache)
-    out, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def load(sweep_dir: Path, study_name: str = "demo", storage: str | None = None) -> optuna.Study:
-    return optuna.load_study(study_name=study_name, storage=storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
-
-
-def counted(study: optuna.Study) -> list:
-    """Trials that count toward n_trials: all but failed ones that were re-queued."""
-    return [t for t in study.get_trials() if not (t.state == TrialState.FAIL and t.user_attrs.get("requeued"))]
-
-
-def test_each_fault_ends_one_trial_and_the_sweep_goes_on(tiny_model_dir, tmp_path):
-    sweep_dir = tmp_path / "sweep"
-    faults = "[{trial:0,kind:oom,at_step:2},{trial:1,kind:nan,at_step:2},{trial:2,kind:exit,at_step:2}]"
-    result = run_sweep(
-        sweep_args(tiny_model_dir, sweep_dir, "hydra.sweeper.n_trials=5", f"hydra.sweeper.fault_injection={faults}"),
-        tmp_path,
-        tmp_path / "cache",
-    )
+def test_each_fault_ends_one_trial_and_the_sweep_goes_on(fault_sweep, tiny_model_dir):
+    sweep_dir, result = fault_sweep
     assert result.returncode == 0, result.stderr[-3000:]
     trials = {t.number: t for t in load(sweep_dir).get_trials()}
     assert len(trials) == 5
