@@ -11,11 +11,14 @@ TORCH_INDEX ?=
 STAMP := $(VENV)/.installed
 ARGS ?=
 PYTEST_ARGS ?=
+# The study that status/report/promote/dashboard read: the same overrides as the sweep, e.g.
+# make report SWEEP="sweep=lr_dim hydra.sweeper.storage=postgresql://..."; the newest sweep dir is used.
+SWEEP ?= sweep=demo
 
-.PHONY: help install train sweep test lint bench clean
+.PHONY: help install browser train sweep status report promote dashboard test lint bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 install: $(STAMP)  ## create .venv with pinned torch and the project (idempotent)
 
@@ -32,7 +35,29 @@ train: install  ## one training run on the embedded default (tiny model, synthet
 sweep: install  ## the main job: an Optuna study on the embedded default (2 CPU slots, pruning); ARGS="sweep=lr_dim ..."
 	$(PY) -m train -m sweep=demo $(ARGS)
 
-test: install  ## the whole test suite
+status: install  ## table of the newest sweep's trials; SWEEP="sweep=... overrides"
+	$(PY) -m sweeper status $(SWEEP) $(ARGS)
+
+report: install  ## static HTML report of the newest sweep (written into its sweep dir)
+	$(PY) -m sweeper report $(SWEEP) $(ARGS)
+
+promote: install  ## copy the best trial's best checkpoint to promoted/<study>/ (ARGS="--trial N")
+	$(PY) -m sweeper promote $(SWEEP) $(ARGS)
+
+dashboard: install  ## optuna-dashboard on the newest sweep's study, at http://127.0.0.1:8080
+	$(PY) -m sweeper dashboard $(SWEEP) $(ARGS)
+
+# The report test drives a real Chromium. As root with apt, Debian's package is installed here;
+# elsewhere the test says it was skipped and why (it fails under CI=true instead).
+browser:  ## Debian's chromium for the report's browser test (as root, when missing)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	    echo "could not install chromium: the report's browser test will be skipped"; \
+	  else echo "no chromium (apt-get install chromium): the report's browser test will be skipped"; fi; }
+
+test: install browser  ## the whole test suite
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: install  ## ruff over the code

@@ -38,6 +38,7 @@ class Figure:
     title: str
     html: str | None  # the plotly div, or None with a note
     note: str = ""
+    wide: bool = False  # spans the page: plots with one panel per parameter
 
 
 @dataclass
@@ -171,7 +172,10 @@ def optuna_figures(ref: StudyRef) -> list[Figure]:
             figure.update_layout(
                 title_text="", margin=dict(l=60, r=30, t=30, b=50), height=420, template="plotly_white"
             )
-            figures.append(Figure(title, figure.to_html(full_html=False, include_plotlyjs=False)))
+            div = figure.to_html(
+                full_html=False, include_plotlyjs=False, default_width="100%", config={"responsive": True}
+            )
+            figures.append(Figure(title, div, wide=title.startswith(("Slice", "Parallel"))))
         except (ValueError, RuntimeError, ZeroDivisionError) as err:
             figures.append(Figure(title, None, f"not available yet: {err}"))
     return figures

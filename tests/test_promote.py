@@ -233,3 +233,23 @@ def test_wandb_artifact_is_logged_offline(single, study_db, tmp_path, monkeypatc
     data = run_file.read_bytes()
     # the artifact record: its name, type, aliases and the promoted file's digest travel in the offline run
     assert b"s-lora" in data and b"production" in data and b"lora" in data
+
+
+def test_an_orphan_version_folder_is_never_overwritten(single, study_db, tmp_path):
+    """A promoter that died after renaming its folder, before writing the history, leaves v001 behind."""
+    registry = Registry(tmp_path / "promoted", "s")
+    (registry.versions / "v001").mkdir(parents=True)
+    (registry.versions / "v001" / "keep.txt").write_text("from the dead promoter")
+    result = promote(ref(study_db, tmp_path))
+    assert result.manifest["version"] == 2 and (registry.versions / "v002").is_dir()
+    assert (registry.versions / "v001" / "keep.txt").read_text() == "from the dead promoter"
+
+
+def test_registry_files_are_readable_by_other_users(single, study_db, tmp_path):
+    promote(ref(study_db, tmp_path))
+    registry = Registry(tmp_path / "promoted", "s")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (registry.current_file, registry.manifest_file, registry.versions / "v001"):
+        expected = (0o777 if path.is_dir() else 0o666) & ~umask
+        assert path.stat().st_mode & 0o777 == expected, path
