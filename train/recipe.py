@@ -106,13 +106,10 @@ class LoRATrainingRecipe:
             copy.deepcopy(self.base_model) if self.base_model is not None else load_base_model(cfg.model)
         )
         self.trainable = self._setup_network()
-        self.run_log = self._setup_logging()
+        self.run_log = RunLog.open(self.output_dir, build_logger(cfg.logger), cfg)
         self._setup_caches()
         self._setup_optimizer()
         self._setup_evaluation()
-
-    def _setup_logging(self) -> RunLog:
-        return RunLog.open(self.output_dir, build_logger(self.cfg.logger), self.cfg)
 
     def _pick_device(self) -> torch.device:
         wanted = self.cfg.train.device
@@ -249,6 +246,7 @@ class LoRATrainingRecipe:
 
     def _train_loop(self) -> Path:
         cfg, acc = self.cfg, self.accelerator
+        tcfg, ev = cfg.train, cfg.evaluate
         params = [p for group in self.trainable.values() for p in group]
         batch_sizes = [b.batch_size for b in self.blueprints]
         self.started_at = time.time()
@@ -276,14 +274,12 @@ class LoRATrainingRecipe:
                         self.on_step(step, self)
                     if step >= self.total_steps:
                         break
-                    train, ev = cfg.train, cfg.evaluate
-                    name = f"{train.output_name}-step{step:06d}"
-                    self._periodic(step, step, epoch + 1, name, train.save_every_n_steps, ev.every_n_steps)
+                    name = f"{tcfg.output_name}-step{step:06d}"
+                    self._periodic(step, step, epoch + 1, name, tcfg.save_every_n_steps, ev.every_n_steps)
                 epoch += 1
                 if step < self.total_steps:  # the final save and evaluation cover the last epoch
-                    train, ev = cfg.train, cfg.evaluate
-                    name = f"{train.output_name}-{epoch:06d}"
-                    self._periodic(epoch, step, epoch, name, train.save_every_n_epochs, ev.every_n_epochs)
+                    name = f"{tcfg.output_name}-{epoch:06d}"
+                    self._periodic(epoch, step, epoch, name, tcfg.save_every_n_epochs, ev.every_n_epochs)
         final = self.save(step, epoch, cfg.train.output_name)
         if self.evaluator is not None:
             self._evaluate(step, epoch, final)
