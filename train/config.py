@@ -21,6 +21,8 @@ from train.errors import ConfigError
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LATENT_SAMPLING = ("once", "deterministic", "random")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+# "sd": SD 1.x/2.x (one CLIP text encoder); "sdxl": two text encoders, pooled embeddings, size conditioning.
+ARCHITECTURES = ("sd", "sdxl")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -48,8 +50,15 @@ class ModelConfig:
     prediction_type: str | None = None
     # Pickle checkpoints (.ckpt/.pt) load with weights_only=True unless this is set.
     allow_unsafe_pickle: bool = False
+    # sd | sdxl; null: read it from the model (a diffusers folder with text_encoder_2 is SDXL).
+    architecture: str | None = None
 
     def __post_init__(self) -> None:
+        _require(
+            self.architecture is None or self.architecture in ARCHITECTURES,
+            "model.architecture",
+            f"must be one of {ARCHITECTURES} or null, got {self.architecture!r}",
+        )
         _require(
             self.prediction_type is None or self.prediction_type in PREDICTION_TYPES,
             "model.prediction_type",
@@ -74,6 +83,9 @@ class DatasetConfig:
     train_data_dir: str | None = None
     # A kohya dataset_config TOML; when set it is read as is, train_data_dir ignored.
     dataset_config: str | None = None
+    # Prior preservation: class images in the same N_name layout, trained as is_reg subsets
+    # (weighted by train.prior_loss_weight). Ignored when dataset_config is set (use is_reg there).
+    reg_data_dir: str | None = None
     caption_extension: str = ".txt"
     # Used as caption for images without a caption file (kohya DreamBooth style).
     class_tokens: str | None = None
@@ -89,7 +101,13 @@ class DatasetConfig:
     caption_separator: str = ","
     caption_dropout_rate: float = 0.0
     caption_tag_dropout_rate: float = 0.0
+    # Drop every caption on epochs n, 2n, ... (kohya); 0 = never.
+    caption_dropout_every_n_epochs: int = 0
+    # flip_aug works with cached latents (both flips are cached); color_aug and random_crop
+    # change the pixels every step, so they need train.cache_latents=false.
     flip_aug: bool = False
+    color_aug: bool = False
+    random_crop: bool = False
     # kohya's validation_split: this fraction of each dataset's images is held out of
     # training for the validation loss, chosen by validation_seed.
     validation_split: float = 0.0
@@ -107,6 +125,9 @@ class DatasetConfig:
             "must not exceed dataset.max_bucket_reso",
         )
         _require(self.keep_tokens >= 0, "dataset.keep_tokens", "must be >= 0")
+        _require(
+            self.caption_dropout_every_n_epochs >= 0, "dataset.caption_dropout_every_n_epochs", "must be >= 0"
+        )
         _require(0.0 <= self.validation_split < 1.0, "dataset.validation_split", "must be in [0, 1)")
         for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
             value = getattr(self, key)
@@ -118,13 +139,17 @@ class DatasetConfig:
         )
 
 
+def _optional_rate(key: str, value: float | None) -> None:
+    _require(value is None or 0.0 <= value < 1.0, key, f"must be in [0, 1) or null, got {value}")
+
+
 @dataclass
 class NetworkConfig:
     name: str = "lora"
     dim: int = 4
     # kohya's meaning: scale = alpha / dim; 0 means alpha = dim (scale 1).
     alpha: float = 1.0
-    # LoCon: also adapt conv layers when conv_dim is set.
+    # LoCon (and LoHa/LoKr): also adapt conv layers when conv_dim is set.
     conv_dim: int | None = None
     conv_alpha: float | None = None
     train_unet: bool = True
@@ -137,6 +162,16 @@ class NetworkConfig:
     )
     # kohya-style init: A kaiming-uniform, B zeros (the network starts as a no-op).
     init_lora_weights: str = "kaiming"
+    # Regularizers, active only in training (null = off). kohya's meanings for LoRA:
+    # network_dropout drops the down projection's outputs, rank_dropout whole ranks,
+    # module_dropout skips a whole module for a step.
+    network_dropout: float | None = None
+    rank_dropout: float | None = None
+    module_dropout: float | None = None
+    # Max-norm: after each step, scale any module whose update norm exceeds this (kohya ~1.0).
+    scale_weight_norms: float | None = None
+    # The family (train/networks/): `_target_` plus that family's own options.
+    module: Any = field(default_factory=lambda: {"_target_": "train.networks.lora.LoRA"})
 
     def __post_init__(self) -> None:
         _require(self.dim >= 1, "network.dim", f"must be >= 1, got {self.dim}")
@@ -147,6 +182,13 @@ class NetworkConfig:
             self.train_unet or self.train_text_encoder,
             "network.train_unet",
             "nothing to train: enable train_unet or train_text_encoder",
+        )
+        for key in ("network_dropout", "rank_dropout", "module_dropout"):
+            _optional_rate(f"network.{key}", getattr(self, key))
+        _require(
+            self.scale_weight_norms is None or self.scale_weight_norms > 0,
+            "network.scale_weight_norms",
+            f"must be > 0 or null, got {self.scale_weight_norms}",
         )
 
     @property
@@ -202,6 +244,8 @@ class TrainConfig:
     mixed_precision: str = "no"
     max_grad_norm: float = 1.0
     min_snr_gamma: float | None = None
+    # Loss weight of regularization (is_reg / reg_data_dir) images, kohya's prior_loss_weight.
+    prior_loss_weight: float = 1.0
     save_every_n_steps: int | None = None
     save_every_n_epochs: int | None = None
     output_name: str = "lora"
@@ -240,6 +284,7 @@ class TrainConfig:
             "must be > 0 or null",
         )
         _require(self.max_grad_norm >= 0, "train.max_grad_norm", "must be >= 0 (0 disables clipping)")
+        _require(self.prior_loss_weight >= 0, "train.prior_loss_weight", f"must be >= 0, got {self.prior_loss_weight}")
 
 
 @dataclass
