@@ -105,11 +105,11 @@ def test_unsupported_kohya_option_at_its_default_is_accepted(tmp_path):
 
 def test_unsupported_kohya_option_in_use_is_reported(tmp_path):
     write_image(tmp_path / "a" / "x.png")
-    text = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nrandom_crop = true\n"
+    text = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nalpha_mask = true\n"
     with pytest.raises(DatasetError) as caught:
         read_blueprints(dataset_config(dataset_config=str(_write_toml(tmp_path, text))))
     assert caught.value.problems == [
-        "datasets[0].subsets[0].random_crop: kohya option not supported by this trainer; remove it or set it to False"
+        "datasets[0].subsets[0].alpha_mask: kohya option not supported by this trainer; remove it or set it to False"
     ]
 
 

@@ -1,5 +1,13 @@
 """Dataset pipeline: kohya folders or TOML -> checked records -> bucketed batches -> tensors."""
 
+from train.data.augment import (
+    Augmentation,
+    cache_problems,
+    crop_top_left,
+    draw_augmentation,
+    original_size_hw,
+    target_size_hw,
+)
 from train.data.batches import batch_sizes_of, plan_epoch, sample_counts, steps_per_epoch
 from train.data.buckets import BucketManager, assign_bucket, make_buckets, select_bucket
 from train.data.captions import CaptionProcessor, read_caption
@@ -18,6 +26,7 @@ from train.data.synthetic import make_synthetic_dataset
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "Augmentation",
     "BucketManager",
     "CaptionProcessor",
     "DatasetBlueprint",
@@ -25,13 +34,17 @@ __all__ = [
     "Subset",
     "assign_bucket",
     "batch_sizes_of",
+    "cache_problems",
     "count_images_per_subset",
     "count_samples_with_repeats",
+    "crop_top_left",
     "dataset_dirs_metadata",
+    "draw_augmentation",
     "load_dataset",
     "load_image_tensor",
     "make_buckets",
     "make_synthetic_dataset",
+    "original_size_hw",
     "plan_epoch",
     "read_blueprints",
     "read_caption",
@@ -40,5 +53,6 @@ __all__ = [
     "select_bucket",
     "steps_per_epoch",
     "tag_frequency",
+    "target_size_hw",
     "to_rgb_on_white",
 ]

@@ -49,6 +49,12 @@ def cover_size(size: Size, bucket: Size) -> Size:
     return (max(bucket[0], int(width * scale + 0.5)), max(bucket[1], int(height * scale + 0.5)))
 
 
+def resize_target(size: Size, bucket: Size, resized_size: Size | None = None) -> Size:
+    """(w, h) an image is resized to before cropping to ``bucket``: never smaller than the bucket."""
+    target = resized_size or cover_size(size, bucket)
+    return (max(target[0], bucket[0]), max(target[1], bucket[1]))
+
+
 def select_bucket(size: Size, buckets: list[Size], no_upscale: bool, resolution: Size, steps: int) -> tuple[Size, Size]:
     """(bucket, size to resize to before the center crop), as kohya's ``select_bucket``."""
     if not no_upscale:

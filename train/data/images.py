@@ -2,7 +2,9 @@
 
 ``probe_image`` fully decodes a file so truncated or corrupt images are found while
 scanning, before any GPU time. ``load_image_tensor`` turns a record into the tensor the
-VAE encodes: transparency onto white, resize to cover the bucket, center crop.
+VAE encodes: transparency onto white, resize to cover the bucket, crop (center, or at
+an ``Augmentation``'s offset), colour augmentation, flip. Loading is a pure function of
+its inputs; the random draws live in ``train.data.augment``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from train.data.buckets import Size, cover_size
+from train.data.augment import Augmentation, apply_gamma, shift_hue
+from train.data.buckets import Size, resize_target
 from train.errors import DatasetError
 
 if TYPE_CHECKING:
@@ -69,29 +72,45 @@ def to_rgb_on_white(image: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def fit_to_bucket(image: Image.Image, bucket: Size, resized_size: Size | None = None) -> Image.Image:
-    """Resize to ``resized_size`` (default: just cover the bucket), then center crop to it."""
-    target = resized_size or cover_size(image.size, bucket)
-    target = (max(target[0], bucket[0]), max(target[1], bucket[1]))
+def fit_to_bucket(
+    image: Image.Image, bucket: Size, resized_size: Size | None = None, crop: tuple[int, int] | None = None
+) -> Image.Image:
+    """Resize to ``resized_size`` (default: just cover the bucket), then crop to the bucket.
+
+    ``crop`` is the (left, top) offset of the crop in the resized image; None crops the center.
+    """
+    target = resize_target(image.size, bucket, resized_size)
     if target != image.size:
         shrinking = target[0] < image.size[0] and target[1] < image.size[1]
         # kohya: area averaging when shrinking, Lanczos otherwise.
         resample = Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS
         image = image.resize(target, resample)
-    left = (target[0] - bucket[0]) // 2
-    top = (target[1] - bucket[1]) // 2
+    left, top = crop if crop is not None else ((target[0] - bucket[0]) // 2, (target[1] - bucket[1]) // 2)
+    if not (0 <= left <= target[0] - bucket[0] and 0 <= top <= target[1] - bucket[1]):
+        # PIL would pad an out-of-range crop with black instead of failing.
+        raise ValueError(f"crop offset {(left, top)} does not fit bucket {bucket} in resized image {target}")
     return image.crop((left, top, left + bucket[0], top + bucket[1]))
 
 
-def load_image_tensor(record: ImageRecord, flip: bool = False) -> torch.Tensor:
-    """(3, H, W) float32 in [-1, 1] at ``record.bucket``; ``flip`` mirrors left-right."""
+def load_image_tensor(
+    record: ImageRecord, flip: bool = False, augmentation: Augmentation | None = None
+) -> torch.Tensor:
+    """(3, H, W) float32 in [-1, 1] at ``record.bucket``; ``flip`` mirrors left-right.
+
+    ``augmentation`` (from ``draw_augmentation``) sets the crop offset and colour change,
+    applied before the flip as kohya does; None gives the plain center crop.
+    """
     try:
         with Image.open(record.path) as image:
             image.load()
             rgb = to_rgb_on_white(image)
     except Exception as error:  # the file changed or vanished since it was scanned
         raise DatasetError([f"{record.path}: cannot read image ({error})"], header="Image load failed") from None
-    pixels = np.asarray(fit_to_bucket(rgb, record.bucket, record.resized_size), dtype=np.float32)
+    crop = augmentation.crop if augmentation is not None else None
+    pixels = np.asarray(fit_to_bucket(rgb, record.bucket, record.resized_size, crop))
+    if augmentation is not None:
+        pixels = apply_gamma(shift_hue(pixels, augmentation.hue_shift), augmentation.gamma)
+    pixels = pixels.astype(np.float32)
     if flip:
         pixels = pixels[:, ::-1]
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()

@@ -89,6 +89,8 @@ SUBSET_KEYS: dict[str, Callable[[Any], Any]] = {
     "caption_dropout_every_n_epochs": _integer(0),
     "caption_tag_dropout_rate": _rate,
     "flip_aug": _boolean,
+    "color_aug": _boolean,
+    "random_crop": _boolean,
 }
 SUBSET_ONLY_KEYS: dict[str, Callable[[Any], Any]] = {"image_dir": _text, "is_reg": _boolean}
 DATASET_KEYS: dict[str, Callable[[Any], Any]] = {
@@ -102,8 +104,6 @@ DATASET_KEYS: dict[str, Callable[[Any], Any]] = {
 }
 # kohya options this trainer does not implement: accepted only at their kohya default.
 UNSUPPORTED_AT_DEFAULT: dict[str, Any] = {
-    "color_aug": False,
-    "random_crop": False,
     "caption_prefix": "",
     "caption_suffix": "",
     "enable_wildcard": False,

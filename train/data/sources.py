@@ -3,10 +3,13 @@
 Both end as the same list of ``DatasetBlueprint``. Values in ``DatasetConfig`` are the
 defaults; a TOML's ``[general]``, ``[[datasets]]`` and ``[[datasets.subsets]]`` override
 them in that order, as kohya's command-line arguments are overridden by its TOML.
+With the folder layout, ``reg_data_dir`` adds kohya DreamBooth regularization subsets
+(``is_reg``) to the same dataset, so they share its buckets and batches.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +18,8 @@ from typing import Any
 from train.data.images import list_images
 from train.data.kohya_toml import RawDataset, read_kohya_toml
 from train.errors import DatasetError
+
+log = logging.getLogger(__name__)
 
 # kohya DreamBooth folder name: `10_sks dog` = 10 repeats, class tokens "sks dog".
 REPEATS_FOLDER = re.compile(r"^(\d+)_(.*)$")
@@ -39,6 +44,9 @@ class Subset:
     keep_tokens_separator: str = ""
     # kohya: drop every caption on epochs n, 2n, ... (1-based); 0 = never.
     caption_dropout_every_n_epochs: int = 0
+    # kohya: change the pixels every step, so they cannot be used with cached latents.
+    color_aug: bool = False
+    random_crop: bool = False
 
 
 @dataclass(frozen=True)
@@ -73,6 +81,9 @@ SUBSET_DEFAULT_FIELDS = (
     "caption_dropout_rate",
     "caption_tag_dropout_rate",
     "flip_aug",
+    "caption_dropout_every_n_epochs",
+    "color_aug",
+    "random_crop",
 )
 
 
@@ -93,16 +104,22 @@ def config_defaults(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def read_blueprints(cfg: Any) -> list[DatasetBlueprint]:
-    """Blueprints from ``cfg.dataset_config`` (a kohya TOML) or else ``cfg.train_data_dir``."""
+    """Blueprints from ``cfg.dataset_config`` (a kohya TOML) or else ``cfg.train_data_dir`` (+ ``reg_data_dir``)."""
     dataset_defaults, subset_defaults = config_defaults(cfg)
     if cfg.dataset_config:
         toml_path = Path(cfg.dataset_config).expanduser()
+        if cfg.reg_data_dir:
+            log.warning(
+                "dataset.reg_data_dir is ignored because dataset.dataset_config is set; "
+                "add the regularization folders to the TOML as subsets with is_reg = true"
+            )
         raw_datasets = read_kohya_toml(toml_path)
         blueprints = [_from_raw(raw, dataset_defaults, subset_defaults) for raw in raw_datasets]
         source = f"dataset config {toml_path}"
     elif cfg.train_data_dir:
         root = Path(cfg.train_data_dir).expanduser()
-        blueprints = [read_folder_layout(root, dataset_defaults, subset_defaults)]
+        reg_root = Path(cfg.reg_data_dir).expanduser() if cfg.reg_data_dir else None
+        blueprints = [read_folder_layout(root, dataset_defaults, subset_defaults, reg_root)]
         source = f"dataset.train_data_dir {root}"
     else:
         raise DatasetError(
@@ -116,33 +133,75 @@ def read_blueprints(cfg: Any) -> list[DatasetBlueprint]:
 
 
 def read_folder_layout(
-    root: Path, dataset_defaults: dict[str, Any], subset_defaults: dict[str, Any]
+    root: Path,
+    dataset_defaults: dict[str, Any],
+    subset_defaults: dict[str, Any],
+    reg_root: Path | None = None,
 ) -> DatasetBlueprint:
-    """kohya layout: each ``N_name`` subfolder repeats N times; loose images repeat once."""
+    """kohya layout: each ``N_name`` subfolder repeats N times; loose images repeat once.
+
+    ``reg_root`` subfolders become ``is_reg`` subsets of the same dataset; problems in
+    both folders are reported together.
+    """
+    subsets, problems = _train_subsets(root, subset_defaults)
+    if reg_root is not None:
+        reg_subsets, reg_problems = _reg_subsets(reg_root, subset_defaults)
+        subsets += reg_subsets
+        problems += reg_problems
+    if problems:
+        header = f"dataset.train_data_dir {root}" + (f" / dataset.reg_data_dir {reg_root}" if reg_root else "")
+        raise DatasetError(problems, header=f"{header} has problems")
+    return DatasetBlueprint(subsets=tuple(subsets), **dataset_defaults)
+
+
+def _train_subsets(root: Path, subset_defaults: dict[str, Any]) -> tuple[list[Subset], list[str]]:
     if not root.is_dir():
         raise DatasetError([f"dataset.train_data_dir: folder not found: {root}"], header="No dataset found")
-    problems: list[str] = []
     subsets: list[Subset] = []
     if list_images(root):
         subsets.append(Subset(image_dir=root, num_repeats=1, **subset_defaults))
+    folder_subsets, problems = _repeat_folders(root, subset_defaults, is_reg=False, where="")
+    subsets += folder_subsets
+    if not subsets and not problems:
+        problems.append(f"{root}: no images and no `N_name` subfolders (dataset.train_data_dir)")
+    return subsets, problems
+
+
+def _reg_subsets(root: Path, subset_defaults: dict[str, Any]) -> tuple[list[Subset], list[str]]:
+    """kohya reads only ``N_class`` subfolders of reg_data_dir; loose images would get no class caption."""
+    where = "dataset.reg_data_dir: "
+    if not root.is_dir():
+        return [], [f"{where}folder not found: {root}"]
+    problems = []
+    if list_images(root):
+        problems.append(f"{where}{root}: images directly in this folder; move them into an `N_class` subfolder")
+    subsets, folder_problems = _repeat_folders(root, subset_defaults, is_reg=True, where=where)
+    problems += folder_problems
+    if not subsets and not problems:
+        problems.append(f"{where}{root}: no `N_class` subfolders (e.g. `1_dog`)")
+    return subsets, problems
+
+
+def _repeat_folders(
+    root: Path, subset_defaults: dict[str, Any], is_reg: bool, where: str
+) -> tuple[list[Subset], list[str]]:
+    """Subsets for the ``N_name`` subfolders of ``root``; ``where`` prefixes each problem."""
+    problems: list[str] = []
+    subsets: list[Subset] = []
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         match = REPEATS_FOLDER.match(folder.name)
         if match is None:
-            problems.append(f"{folder}: folder name must be `N_name` (N = repeats, e.g. `10_sks dog`)")
+            problems.append(f"{where}{folder}: folder name must be `N_name` (N = repeats, e.g. `10_sks dog`)")
             continue
         repeats, name = int(match[1]), match[2].strip()
         if repeats < 1:
-            problems.append(f"{folder}: repeat count must be >= 1, got {repeats}")
+            problems.append(f"{where}{folder}: repeat count must be >= 1, got {repeats}")
             continue
-        class_tokens = name or subset_defaults["class_tokens"]
-        subsets.append(
-            Subset(image_dir=folder, num_repeats=repeats, **{**subset_defaults, "class_tokens": class_tokens})
-        )
-    if not subsets and not problems:
-        problems.append(f"{root}: no images and no `N_name` subfolders (dataset.train_data_dir)")
-    if problems:
-        raise DatasetError(problems, header=f"dataset.train_data_dir {root} has problems")
-    return DatasetBlueprint(subsets=tuple(subsets), **dataset_defaults)
+        # A reg folder's name is its class caption; the training default would caption it as the instance.
+        class_tokens = name or (None if is_reg else subset_defaults["class_tokens"])
+        values = {**subset_defaults, "class_tokens": class_tokens, "is_reg": is_reg}
+        subsets.append(Subset(image_dir=folder, num_repeats=repeats, **values))
+    return subsets, problems
 
 
 def _from_raw(raw: RawDataset, dataset_defaults: dict[str, Any], subset_defaults: dict[str, Any]) -> DatasetBlueprint:
