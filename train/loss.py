@@ -32,9 +32,15 @@ def per_sample_loss(
     timesteps: torch.Tensor,
     prediction_type: str,
     min_snr_gamma: float | None = None,
+    input_perturbation: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE per sample (B,), min-SNR weighted when gamma is set; ``predict(noisy, t, hidden)`` runs the model."""
-    noisy = scheduler.add_noise(latents, noise, timesteps)
+    """MSE per sample (B,), min-SNR weighted when gamma is set; ``predict(noisy, t, hidden)`` runs the model.
+
+    ``input_perturbation`` (``NoiseSampler.input_perturbation``) is added to the noise of the noisy input only;
+    the target (noise, or the velocity of the plain noise) stays unperturbed, as in kohya's ip_noise_gamma.
+    """
+    input_noise = noise if input_perturbation is None else noise + input_perturbation.to(noise.device, noise.dtype)
+    noisy = scheduler.add_noise(latents, input_noise, timesteps)
     target = prediction_target(scheduler, latents, noise, timesteps, prediction_type)
     pred = predict(noisy, timesteps, hidden)
     loss = F.mse_loss(pred.float(), target.to(pred.device).float(), reduction="none").mean(dim=(1, 2, 3))
