@@ -24,6 +24,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return build_tiny_sd15(tmp_path_factory.mktemp("models") / "tiny-sd15")
 
 
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    """The tiny SDXL-shaped model in diffusers layout, built once and loaded from disk by each test."""
+    from train.models.tiny import build_tiny_sdxl
+
+    return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
 def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path) -> RunConfig:
     """Compose conf/config.yaml with overrides, as `python -m train` would, and type-check it."""
     from train.__main__ import to_run_config
