@@ -1,11 +1,8 @@
-"""The kohya LoRA file format: key names, alphas, ss_* metadata, safetensors I/O.
+"""The kohya/LyCORIS network file: ss_* metadata, the sshs_* hashes, safetensors I/O.
 
-A1111, ComfyUI and diffusers' ``load_lora_weights`` all read kohya files:
-``lora_unet_<module>.lora_down.weight`` / ``.lora_up.weight`` / ``.alpha`` with
-the module path's dots turned into underscores, scaled at load time by
-``alpha / rank``. We train with peft and convert its state dict with diffusers'
-``convert_state_dict_to_kohya``, then fix what that converter gets wrong for
-SD1.5: it writes alpha = rank and names the text encoder ``lora_te1_``.
+A1111, ComfyUI and diffusers read ``.safetensors`` files whose keys are
+``<kohya module name>.<suffix>`` (``lora_down.weight``, ``hada_w1_a``, ...; see
+train/networks/) and whose metadata carries kohya's ``ss_*`` training facts.
 """
 
 from __future__ import annotations
@@ -17,93 +14,11 @@ import os
 from collections.abc import Mapping
 
 import torch
-from diffusers.utils import convert_state_dict_to_kohya
-from peft.tuners.lora import LoraLayer
-from peft.utils import get_peft_model_state_dict
 from safetensors import safe_open
 from safetensors.torch import save
 
 from train.atomic import write_bytes_atomic
-from train.config import NetworkConfig
 from train.errors import ModelLoadError
-
-ADAPTER = "default"
-UNET_PREFIX = "lora_unet"
-# SD1.5 kohya files (and A1111/ComfyUI) name the single text encoder lora_te_.
-TEXT_ENCODER_PREFIX = "lora_te"
-KOHYA_KEY_SUFFIXES = ("lora_down.weight", "lora_up.weight", "alpha")
-
-
-def _dotted_path(component: str, module_name: str) -> str:
-    """Dotted path of a module as kohya sees it, e.g. ``text_encoder.text_model.encoder...``."""
-    # transformers 5 dropped CLIPTextModel's `text_model` wrapper; kohya names keep it.
-    if component == "text_encoder" and not module_name.startswith("text_model."):
-        module_name = f"text_model.{module_name}"
-    return f"{component}.{module_name}"
-
-
-def _kohya_name(dotted_path: str) -> str:
-    component, _, module_name = dotted_path.partition(".")
-    prefix = UNET_PREFIX if component == "unet" else TEXT_ENCODER_PREFIX
-    return f"{prefix}_{module_name.replace('.', '_')}"
-
-
-def canonical_module_name(kohya_module_name: str) -> str:
-    """diffusers' kohya converter names the SD1.5 text encoder lora_te1_; kohya and A1111 use lora_te_."""
-    if kohya_module_name.startswith("lora_te1_"):
-        return f"{TEXT_ENCODER_PREFIX}_{kohya_module_name[len('lora_te1_') :]}"
-    return kohya_module_name
-
-
-def lora_layers(model: torch.nn.Module | None) -> dict[str, LoraLayer]:
-    """peft module name -> LoRA layer, for every layer holding our adapter."""
-    if model is None:
-        return {}
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer) and ADAPTER in m.lora_A}
-
-
-def kohya_lora_layers(unet: torch.nn.Module | None, text_encoder: torch.nn.Module | None) -> dict[str, LoraLayer]:
-    """kohya module name (``lora_unet_down_blocks_0_...``) -> the peft layer it is saved from."""
-    layers = {}
-    for component, model in (("unet", unet), ("text_encoder", text_encoder)):
-        for name, layer in lora_layers(model).items():
-            layers[_kohya_name(_dotted_path(component, name))] = layer
-    return layers
-
-
-def layer_alpha(layer: LoraLayer) -> float:
-    """kohya's alpha for a peft layer: peft scales by lora_alpha / r, kohya by alpha / dim."""
-    return float(layer.scaling[ADAPTER] * layer.r[ADAPTER])
-
-
-def kohya_state_dict(
-    unet: torch.nn.Module | None,
-    text_encoder: torch.nn.Module | None,
-    cfg: NetworkConfig,
-    dtype: torch.dtype | None = None,
-) -> dict[str, torch.Tensor]:
-    """The trained LoRA as kohya tensors, keys sorted; ``dtype`` None keeps the training dtype."""
-    peft_state: dict[str, torch.Tensor] = {}
-    for component, model in (("unet", unet), ("text_encoder", text_encoder)):
-        if not lora_layers(model):
-            if getattr(cfg, f"train_{component}"):
-                raise ValueError(f"network.train_{component} is set but the {component} has no LoRA layers")
-            continue
-        for key, tensor in get_peft_model_state_dict(model, adapter_name=ADAPTER).items():
-            peft_state[_dotted_path(component, key)] = tensor
-    converted = convert_state_dict_to_kohya(peft_state)
-
-    layers = kohya_lora_layers(unet, text_encoder)
-    tensors: dict[str, torch.Tensor] = {}
-    for key, tensor in converted.items():
-        module_name, _, suffix = key.partition(".")
-        module_name = canonical_module_name(module_name)
-        if suffix == "alpha":
-            # The converter writes alpha = rank; the real alpha lives in the layer's scaling.
-            tensor = torch.tensor(layer_alpha(layers[module_name]), dtype=torch.float32)
-        tensor = tensor.detach().to("cpu", dtype=dtype or tensor.dtype)
-        tensors[f"{module_name}.{suffix}"] = tensor.contiguous().clone()
-    return dict(sorted(tensors.items()))
 
 
 def _metadata_value(value: object) -> str:
@@ -115,20 +30,9 @@ def _metadata_value(value: object) -> str:
     return str(value)
 
 
-def build_metadata(*, network: NetworkConfig, extra: Mapping[str, object]) -> dict[str, str]:
-    """kohya ``ss_*`` metadata; ``extra`` (training facts from the trainer) wins on clashes."""
-    network_args: dict[str, str] = {}
-    if network.conv_dim is not None:
-        # kohya parses --network_args "conv_dim=4" into strings, and tools read them back so.
-        network_args = {"conv_dim": str(network.conv_dim), "conv_alpha": str(network.effective_conv_alpha)}
-    metadata: dict[str, object] = {
-        "ss_network_module": "networks.lora",
-        "ss_network_dim": network.dim,
-        "ss_network_alpha": network.effective_alpha,
-        "ss_network_args": network_args,
-        "ss_v2": False,
-        "ss_base_model_version": "sd_v1",
-    }
+def build_metadata(network: Mapping[str, object], extra: Mapping[str, object]) -> dict[str, str]:
+    """kohya ``ss_*`` metadata as strings: the network's own keys, then ``extra`` (training facts) on top."""
+    metadata: dict[str, object] = {"ss_v2": False, "ss_base_model_version": "sd_v1", **network}
     metadata.update(extra)
     return {key: _metadata_value(value) for key, value in metadata.items()}
 

@@ -61,15 +61,17 @@ def locate(path: str) -> Any:
     raise ImportError(f"cannot import {path!r}")
 
 
-def instantiate_factory(factory_cfg: Any, group: str, shipped: Iterable[str]) -> functools.partial:
+def instantiate_factory(
+    factory_cfg: Any, group: str, shipped: Iterable[str], field: str = "factory"
+) -> functools.partial:
     """Import ``_target_`` and return it as a partial with the config's options (lists as tuples)."""
-    key = f"{group}.factory._target_"
+    key = f"{group}.{field}._target_"
     try:
         if isinstance(factory_cfg, dict):
             factory_cfg = OmegaConf.create(factory_cfg)
         target = factory_cfg.get("_target_") if isinstance(factory_cfg, DictConfig) else None
         if not isinstance(target, str):
-            raise ConfigError(f"{key}: {group}.factory needs a _target_ naming a class or function")
+            raise ConfigError(f"{key}: {group}.{field} needs a _target_ naming a class or function")
         choices = f"Shipped {group} configs: {', '.join(shipped)} (choose with {group}=<name>)"
         try:
             target_obj = locate(target)
@@ -79,7 +81,7 @@ def instantiate_factory(factory_cfg: Any, group: str, shipped: Iterable[str]) ->
             raise ConfigError(f"{key}: {target!r} is a {type(target_obj).__name__}, not a class. {choices}")
         factory = instantiate(factory_cfg, _partial_=True, _convert_="all")
     except (InstantiationException, OmegaConfBaseException) as error:
-        raise ConfigError(f"{group}.factory: {error}") from None
+        raise ConfigError(f"{group}.{field}: {error}") from None
     # kohya passes tuples (betas=(0.9, 0.999)); YAML lists would also show up as lists in ss_optimizer.
     options = {name: tuple(value) if isinstance(value, list) else value for name, value in factory.keywords.items()}
     return functools.partial(factory.func, *factory.args, **options)
@@ -96,7 +98,9 @@ def _wrong_kind(default: Any, value: Any) -> bool:
     return False
 
 
-def check_factory_call(factory: functools.partial, group: str, *args: Any, **kwargs: Any) -> None:
+def check_factory_call(
+    factory: functools.partial, group: str, *args: Any, field: str = "factory", **kwargs: Any
+) -> None:
     """Raise a ConfigError naming any option the target does not accept, before calling it."""
     try:
         signature = inspect.signature(factory.func)
@@ -109,15 +113,16 @@ def check_factory_call(factory: functools.partial, group: str, *args: Any, **kwa
         if option not in parameters:
             if accepts_any:
                 continue
-            takes = ", ".join(p for p in parameters if p not in ("self", "params", "optimizer", "num_training_steps"))
-            raise ConfigError(f"{group}.factory.{option}: {name} has no option {option!r}; it takes: {takes}")
+            reserved = ("self", "params", "optimizer", "num_training_steps", "cfg")
+            takes = ", ".join(p for p in parameters if p not in reserved)
+            raise ConfigError(f"{group}.{field}.{option}: {name} has no option {option!r}; it takes: {takes}")
         default = parameters[option].default
         if default is not inspect.Parameter.empty and _wrong_kind(default, value):
-            raise ConfigError(f"{group}.factory.{option}: expected a value like {default!r}, got {value!r}")
+            raise ConfigError(f"{group}.{field}.{option}: expected a value like {default!r}, got {value!r}")
     try:
         signature.bind(*factory.args, *args, **{**factory.keywords, **kwargs})
     except TypeError as error:
-        raise ConfigError(f"{group}.factory: cannot call {name}: {error}") from None
+        raise ConfigError(f"{group}.{field}: cannot call {name}: {error}") from None
 
 
 def build_optimizer(cfg: Any, param_groups: list[dict]) -> torch.optim.Optimizer:
