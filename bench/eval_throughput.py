@@ -35,10 +35,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from evaluate.config import EvaluateConfig  # noqa: E402
 from evaluate.prompts import PromptSpec  # noqa: E402
 from evaluate.render import Renderer, plan_renders  # noqa: E402
-from train import network  # noqa: E402
 from train.config import ModelConfig, NetworkConfig  # noqa: E402
 from train.models.loading import load_base_model  # noqa: E402
 from train.models.tiny import build_tiny_sd15  # noqa: E402
+from train.networks import NetworkTargets, build_network  # noqa: E402
 
 PROMPTS = [PromptSpec("red circle, blue background, shape"), PromptSpec("green square, yellow background")]
 # (batch size, batch-invariant); batch 1 is the same either way.
@@ -52,7 +52,7 @@ def load_for_eval(path: Path, device: torch.device, dtype: torch.dtype):
     model.unet.to(device, **cast)
     model.text_encoder.to(device, **cast)
     model.vae.to(device)
-    network.apply_lora(model.unet, None, NetworkConfig(), seed=0)
+    build_network(NetworkConfig()).apply(NetworkTargets(model.unet), seed=0)
     return model
 
 

@@ -207,10 +207,14 @@ def build_training_evaluator(
     validation: Callable[[], float] | None,
     logger,
     out_dir: Path,
+    strength=None,
 ) -> Evaluator:
-    """The evaluator of a training run: renders with the run's live modules, LoRA active."""
+    """The evaluator of a training run: renders with the run's live modules, the network active.
+
+    ``strength(multiplier)`` sets the network's strength for a grid row (the network's own).
+    """
     size = (cfg.width or resolution[0], cfg.height or resolution[1])
-    renderer = Renderer.for_model(model, device=device, cfg=cfg, default_size=size, dtype=dtype)
+    renderer = Renderer.for_model(model, device=device, cfg=cfg, default_size=size, dtype=dtype, strength=strength)
     scorer = build_scorer(cfg, reference_images, cache_dir) if (cfg.clip_path or cfg.build_demo_clip) else None
     return Evaluator(
         cfg, prompts=prompts, renderer=renderer, scorer=scorer, validation=validation, logger=logger, out_dir=out_dir

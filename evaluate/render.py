@@ -17,18 +17,20 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import StableDiffusionPipeline
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
+from evaluate.pipelines import build_pipeline, encode_prompt, prompt_kwargs
 from evaluate.prompts import PromptSpec
 from evaluate.samplers import make_scheduler
-from train.lora_format import ADAPTER, lora_layers
+from train.networks.peft_network import peft_strength, tuner_layers
+
+Strength = Callable[[float | None], contextlib.AbstractContextManager]
 
 MIN_SIZE = 64  # kohya's floor for sample images
 
@@ -84,27 +86,9 @@ def _module_device(module: torch.nn.Module) -> torch.device:
     return next(module.parameters()).device
 
 
-@contextlib.contextmanager
-def lora_strength(models: list[torch.nn.Module], multiplier: float | None) -> Iterator[None]:
-    """Run the models' LoRA at ``multiplier`` x its trained scale, or switched off (None); restore after."""
-    layers = [layer for model in models for layer in lora_layers(model).values()]
-    scales = [layer.scaling[ADAPTER] for layer in layers]
-    disabled = [layer.disable_adapters for layer in layers]
-    # peft's enable_adapters() also flips requires_grad on the LoRA weights; keep the trainer's flags.
-    params = [p for layer in layers for p in (*layer.lora_A.parameters(), *layer.lora_B.parameters())]
-    grads = [p.requires_grad for p in params]
-    try:
-        for layer, scale in zip(layers, scales, strict=True):
-            layer.enable_adapters(multiplier is not None)
-            if multiplier is not None:
-                layer.scaling[ADAPTER] = scale * multiplier
-        yield
-    finally:
-        for layer, scale, was_disabled in zip(layers, scales, disabled, strict=True):
-            layer.scaling[ADAPTER] = scale
-            layer.enable_adapters(not was_disabled)
-        for param, grad in zip(params, grads, strict=True):
-            param.requires_grad_(grad)
+def lora_strength(models: list[torch.nn.Module], multiplier: float | None) -> contextlib.AbstractContextManager:
+    """The peft adapters of ``models`` at ``multiplier`` x their trained scale, or off (None)."""
+    return peft_strength([layer for model in models for layer in tuner_layers(model).values()], multiplier)
 
 
 @contextlib.contextmanager
@@ -121,6 +105,8 @@ def per_image_unet(unet: torch.nn.Module, images: int) -> Iterator[None]:
         def image_rows(value, index):
             if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == rows:
                 return value.index_select(0, index)  # a contiguous copy, as a batch of one would be
+            if isinstance(value, dict):  # SDXL's added_cond_kwargs: pooled embeddings and size ids
+                return {key: image_rows(item, index) for key, item in value.items()}
             return value
 
         outputs = []
@@ -179,8 +165,15 @@ class Renderer:
         default_size: tuple[int, int],
         dtype=torch.float32,
         batch_invariant: bool | None = None,
+        strength: Strength | None = None,
+        text_encoder_2=None,
+        tokenizer_2=None,
     ):
         self.unet, self.vae, self.text_encoder, self.tokenizer = unet, vae, text_encoder, tokenizer
+        self.text_encoder_2, self.tokenizer_2 = text_encoder_2, tokenizer_2  # SDXL's second encoder
+        encoders = [e for e in (text_encoder, text_encoder_2) if e is not None]
+        # How a row's LoRA strength is set: the trained network's own, else any peft adapters found.
+        self.strength = strength or (lambda multiplier: lora_strength([self.unet, *encoders], multiplier))
         self.scheduler_config = scheduler_config
         self.device = torch.device(device)
         self.cfg = cfg
@@ -210,19 +203,24 @@ class Renderer:
         return [(s, group[i : i + size]) for s, group in groups.items() for i in range(0, len(group), size)]
 
     @classmethod
-    def for_model(cls, model, *, device, cfg, default_size, dtype=torch.float32, batch_invariant=None) -> Renderer:
+    def for_model(
+        cls, model, *, device, cfg, default_size, dtype=torch.float32, batch_invariant=None, strength=None
+    ) -> Renderer:
         """A renderer over a loaded base model's parts (``train.models.loading.BaseModel``)."""
         return cls(
             unet=model.unet,
             vae=model.vae,
             text_encoder=model.text_encoder,
             tokenizer=model.tokenizer,
+            text_encoder_2=getattr(model, "text_encoder_2", None),
+            tokenizer_2=getattr(model, "tokenizer_2", None),
             scheduler_config=model.noise_scheduler.config,
             device=device,
             cfg=cfg,
             default_size=default_size,
             dtype=dtype,
             batch_invariant=batch_invariant,
+            strength=strength,
         )
 
     def render(self, jobs: list[RenderJob]) -> list[Render]:
@@ -230,46 +228,46 @@ class Renderer:
         if not jobs:
             return []
         modules = {"unet": self.unet, "vae": self.vae, "text_encoder": self.text_encoder}
+        if self.text_encoder_2 is not None:
+            modules["text_encoder_2"] = self.text_encoder_2
         images: dict[int, PIL.Image.Image] = {}
         with preserved_training_state(modules), torch.no_grad():
             for module in modules.values():
                 module.eval()
-            # The pipeline runs on its modules' device: bring the VAE and text encoder to the U-Net's.
-            self.vae.to(self.device)
-            self.text_encoder.to(self.device)
+            # The pipeline runs on its modules' device: bring the VAE and text encoders to the U-Net's.
+            for name, module in modules.items():
+                if name != "unet":
+                    module.to(self.device)
             pipeline = self._pipeline()
             for settings, indices in self.batches(jobs):
-                with lora_strength([self.unet, self.text_encoder], settings.multiplier):
+                with self.strength(settings.multiplier):
                     rendered = self._render_batch(pipeline, settings, [jobs[i] for i in indices])
                 images.update(zip(indices, rendered, strict=True))
         return [Render(job, images[i]) for i, job in enumerate(jobs)]
 
-    def _pipeline(self) -> StableDiffusionPipeline:
-        pipeline = StableDiffusionPipeline(
+    def _pipeline(self):
+        return build_pipeline(
+            unet=self.unet,
             vae=self.vae,
             text_encoder=self.text_encoder,
             tokenizer=self.tokenizer,
-            unet=self.unet,
+            text_encoder_2=self.text_encoder_2,
+            tokenizer_2=self.tokenizer_2,
             scheduler=make_scheduler(self.cfg.sampler, self.scheduler_config),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
         )
-        pipeline.set_progress_bar_config(disable=True)
-        return pipeline
 
     def _autocast(self):
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _encode(self, pipeline, settings: Settings, batch: list[RenderJob], guided: bool):
+    def _encode(self, pipeline, settings: Settings, batch: list[RenderJob], guided: bool) -> dict:
         """Prompt (and negative) embeddings, each distinct text encoded once on its own."""
-        texts = [job.prompt.prompt for job in batch] + ([settings.negative_prompt] if guided else [])
-        encoded = {text: pipeline.encode_prompt(text, self.device, 1, False)[0] for text in dict.fromkeys(texts)}
-        positive = torch.cat([encoded[job.prompt.prompt] for job in batch])
-        negative = encoded[settings.negative_prompt].expand_as(positive) if guided else None
-        return positive, negative
+        encoded = {
+            text: encode_prompt(pipeline, text, self.device) for text in dict.fromkeys(j.prompt.prompt for j in batch)
+        }
+        negative = encode_prompt(pipeline, settings.negative_prompt, self.device, negative=True) if guided else None
+        return prompt_kwargs([encoded[job.prompt.prompt] for job in batch], negative)
 
     def _render_batch(self, pipeline, settings: Settings, batch: list[RenderJob]) -> list[PIL.Image.Image]:
         # A fresh scheduler per call: multistep samplers keep per-run state.
@@ -277,10 +275,8 @@ class Renderer:
         guided = settings.guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
         per_image = per_image_unet(self.unet, len(batch)) if self.batch_invariant else contextlib.nullcontext()
         with self._autocast(), per_image:
-            positive, negative = self._encode(pipeline, settings, batch, guided)
             latents = pipeline(
-                prompt_embeds=positive,
-                negative_prompt_embeds=negative,
+                **self._encode(pipeline, settings, batch, guided),
                 width=settings.width,
                 height=settings.height,
                 num_inference_steps=settings.steps,

@@ -25,18 +25,22 @@ def fixed_noise(shape: torch.Size, seed: int, index: int, count: int) -> torch.T
 def validation_loss(
     predict: Predict,
     latents: Sequence[torch.Tensor],
-    hidden_states: Sequence[torch.Tensor],
+    conditions: Sequence,
     scheduler,
     timesteps: Sequence[int],
     seed: int,
     prediction_type: str,
 ) -> float:
-    """Mean MSE over held-out images x fixed timesteps; ``predict(noisy, t, hidden)`` runs the model."""
+    """Mean MSE over held-out images x fixed timesteps; ``predict(noisy, t, condition)`` runs the model.
+
+    Each image's condition is whatever ``predict`` takes, with ``expand(n)`` giving n copies
+    (``train.models.conditioning.UNetConditioning``).
+    """
     t = torch.tensor(list(timesteps), dtype=torch.long)
     losses = []
-    for index, (latent, hidden) in enumerate(zip(latents, hidden_states, strict=True)):
+    for index, (latent, condition) in enumerate(zip(latents, conditions, strict=True)):
         clean = latent.unsqueeze(0).expand(len(t), *latent.shape)
         noise = fixed_noise(latent.shape, seed, index, len(t))
-        context = hidden.unsqueeze(0).expand(len(t), *hidden.shape)
+        context = condition.expand(len(t))
         losses.append(per_sample_loss(predict, scheduler, clean, context, noise, t, prediction_type).mean().cpu())
     return float(torch.stack(losses).mean()) if losses else float("nan")

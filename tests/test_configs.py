@@ -10,6 +10,7 @@ import torch
 from tests.conftest import CONF_DIR, compose_run
 from train import optimizers, schedulers
 from train.errors import ConfigError
+from train.networks import Network, build_network
 from train.noise import build_noise_sampler
 
 # Presets that need a user's path get a placeholder: composing must still work.
@@ -17,6 +18,7 @@ REQUIRED = {
     ("model", "sd15"): ["model.path=/models/sd15"],
     ("model", "sd15_single_file"): ["model.path=/models/sd15.safetensors", "model.config_dir=/models/sd15"],
     ("model", "sd2_v"): ["model.path=/models/sd2"],
+    ("model", "sdxl"): ["model.path=/models/sdxl"],
     ("dataset", "folder"): ["dataset.train_data_dir=/data/train"],
     ("dataset", "kohya_toml"): ["dataset.dataset_config=/data/dataset.toml"],
     ("evaluate", "clip"): ["evaluate.prompt_file=/data/prompts.txt", "evaluate.clip_path=/models/clip"],
@@ -33,6 +35,7 @@ def test_every_shipped_option_composes_and_instantiates(group, option, tmp_path)
     schedulers.build_scheduler(cfg.scheduler, opt, num_training_steps=100)
     noise = build_noise_sampler(cfg.noise)
     assert noise(torch.zeros(1, 4, 8, 8), torch.Generator().manual_seed(0)).shape == (1, 4, 8, 8)
+    assert isinstance(build_network(cfg.network), Network)
 
 
 def test_groups_mirror_the_modules_they_configure():

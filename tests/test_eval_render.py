@@ -12,11 +12,11 @@ from evaluate.config import EvaluateConfig
 from evaluate.prompts import PromptSpec
 from evaluate.render import Renderer, RenderJob, plan_renders, preserved_training_state
 from evaluate.samplers import SAMPLERS, check_sampler, make_scheduler
-from train import network
 from train.config import ModelConfig, NetworkConfig
 from train.errors import ConfigError
-from train.lora_format import ADAPTER, lora_layers
 from train.models.loading import load_base_model
+from train.networks import NetworkTargets, build_network
+from train.networks.peft_network import ADAPTER, tuner_layers
 
 PROMPTS = [PromptSpec("red circle, blue background"), PromptSpec("green square --n blurry")]
 
@@ -99,8 +99,9 @@ def test_prompt_options_override_the_config(base):
 
 def test_lora_multiplier_and_adapter_state_restored(tiny_model_dir, base):
     model = load(tiny_model_dir)
-    params = network.apply_lora(model.unet, model.text_encoder, NetworkConfig(alpha=4, train_text_encoder=True), seed=0)
-    layers = {**lora_layers(model.unet), **{f"te.{k}": v for k, v in lora_layers(model.text_encoder).items()}}
+    lora = build_network(NetworkConfig(alpha=4, train_text_encoder=True))
+    params = lora.apply(NetworkTargets.of(model), seed=0)
+    layers = {**tuner_layers(model.unet), **{f"te.{k}": v for k, v in tuner_layers(model.text_encoder).items()}}
     with torch.no_grad():
         for layer in layers.values():
             layer.lora_B[ADAPTER].weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))

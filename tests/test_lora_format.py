@@ -11,11 +11,11 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from safetensors.torch import save
+from train.network import apply_lora
 
 from tests.test_network import perturb, text_encoder_output, unet_output
 from train.config import NetworkConfig
 from train.lora_format import build_metadata, kohya_state_dict, read_lora, save_lora
-from train.network import apply_lora
 
 KOHYA_KEY = re.compile(r"lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")
 

@@ -23,8 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from train.atomic import atomic_path
+from train.models.conditioning import TextConditioning
 
-CACHE_FORMAT = "v1"
+CACHE_FORMAT = "v1"  # text entries hold "hidden" (and SDXL's "pooled"), as TextConditioning.tensors()
 
 
 def file_digest(path: Path) -> str:
@@ -95,11 +96,15 @@ class LatentCache:
         tensors = load_file(str(_entry_path(self.root, key)))
         return draw_latent(tensors["mean"], tensors["std"], mode, key, generator)
 
-    def encode_uncached(self, items: Sequence[tuple[object, bool]], mode: str, generator: torch.Generator):
-        """Encode a batch now, without touching the cache (the uncached training path)."""
-        mean, std = self._encode([self.image_loader(r, f) for r, f in items])
+    def encode_uncached(self, items: Sequence[tuple], mode: str, generator: torch.Generator | None):
+        """Encode a batch now, without touching the cache (the uncached training path).
+
+        ``items`` are (record, flip) or (record, flip, augmentation): per-step augmentations
+        (random crop, colour) are applied by the image loader before encoding.
+        """
+        mean, std = self._encode([self.image_loader(*item) for item in items])
         return torch.stack(
-            [draw_latent(mean[i], std[i], mode, self.key(r, f), generator) for i, (r, f) in enumerate(items)]
+            [draw_latent(mean[i], std[i], mode, self.key(item[0], item[1]), generator) for i, item in enumerate(items)]
         )
 
     def _encode(self, images: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,14 +130,14 @@ def draw_latent(mean, std, mode: str, key: str, generator: torch.Generator | Non
 
 
 class TextEmbeddingCache:
-    """Frozen text-encoder hidden states per exact caption string."""
+    """Frozen text-encoder outputs per exact caption string (SDXL: hidden states and pooled embedding)."""
 
-    def __init__(self, root: Path, encoder_identity: str, encode: Callable[[list[str]], torch.Tensor]):
+    def __init__(self, root: Path, encoder_identity: str, encode: Callable[[list[str]], TextConditioning]):
         self.root = Path(root)
         self.encoder_identity = encoder_identity
         self.encode = encode
         self.encode_count = 0
-        self._memory: dict[str, torch.Tensor] = {}
+        self._memory: dict[str, TextConditioning] = {}
 
     def key(self, caption: str) -> str:
         return _key("text", self.encoder_identity, caption)
@@ -142,15 +147,16 @@ class TextEmbeddingCache:
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
             with torch.no_grad():
-                hidden = self.encode(chunk).float().cpu()
+                encoded = self.encode(chunk).to("cpu", torch.float32)
             self.encode_count += len(chunk)
-            for caption, h in zip(chunk, hidden, strict=True):
+            for index, caption in enumerate(chunk):
+                entry = {name: tensor[index].contiguous() for name, tensor in encoded.tensors().items()}
                 with atomic_path(_entry_path(self.root, self.key(caption))) as tmp:
-                    save_file({"hidden": h.contiguous()}, str(tmp))
+                    save_file(entry, str(tmp))
         return len(missing)
 
-    def get(self, caption: str) -> torch.Tensor:
+    def get(self, caption: str) -> TextConditioning:
         key = self.key(caption)
         if key not in self._memory:
-            self._memory[key] = load_file(str(_entry_path(self.root, key)))["hidden"]
+            self._memory[key] = TextConditioning.from_tensors(load_file(str(_entry_path(self.root, key))))
         return self._memory[key]

@@ -125,9 +125,7 @@ class DatasetConfig:
             "must not exceed dataset.max_bucket_reso",
         )
         _require(self.keep_tokens >= 0, "dataset.keep_tokens", "must be >= 0")
-        _require(
-            self.caption_dropout_every_n_epochs >= 0, "dataset.caption_dropout_every_n_epochs", "must be >= 0"
-        )
+        _require(self.caption_dropout_every_n_epochs >= 0, "dataset.caption_dropout_every_n_epochs", "must be >= 0")
         _require(0.0 <= self.validation_split < 1.0, "dataset.validation_split", "must be in [0, 1)")
         for key in ("caption_dropout_rate", "caption_tag_dropout_rate"):
             value = getattr(self, key)

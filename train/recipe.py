@@ -26,17 +26,19 @@ from evaluate.evaluator import Evaluator, build_training_evaluator
 from evaluate.loggers import build_logger
 from evaluate.objective import check_objective
 from evaluate.prompts import load_prompts
+from evaluate.render import preserved_training_state
 from evaluate.reporter import NullReporter, Reporter, RunPruned
 from evaluate.validation import validation_loss
-from train import data, network, optimizers, schedulers
+from train import data, optimizers, schedulers
 from train.cache import LatentCache, TextEmbeddingCache
 from train.config import RunConfig
 from train.data.split import split_validation
 from train.errors import ConfigError
-from train.lora_format import build_metadata, kohya_state_dict, save_lora
 from train.loss import per_sample_loss
 from train.metadata import training_metadata
+from train.models.conditioning import TextConditioning, UNetConditioning, encode_captions, size_time_ids
 from train.models.loading import BaseModel, ensure_model_available, load_base_model
+from train.networks import NetworkTargets, build_network
 from train.noise import build_noise_sampler
 from train.run_log import RunLog
 
@@ -75,6 +77,7 @@ class LoRATrainingRecipe:
         optimizers.check_optimizer(cfg.optimizer)
         schedulers.check_scheduler(cfg.scheduler, cfg.optimizer.learning_rate)
         self.noise_sampler = build_noise_sampler(cfg.noise)
+        self.network = build_network(cfg.network)
         if cfg.train.network_weights and not Path(cfg.train.network_weights).is_file():
             raise ConfigError(f"train.network_weights: no such file: {cfg.train.network_weights}")
         self.device = self._pick_device()
@@ -84,6 +87,9 @@ class LoRATrainingRecipe:
         self.records, self.val_records = split_validation(
             all_records, cfg.dataset.validation_split, cfg.dataset.validation_seed
         )
+        problems = data.cache_problems(self.records, cfg.train.cache_latents)
+        if problems:
+            raise ConfigError("train.cache_latents: " + "; ".join(problems))
         if cfg.evaluate.enabled:
             self.prompts = load_prompts(cfg.evaluate)
             check_objective(cfg.evaluate.objective, cfg.evaluate.available_metrics(bool(self.val_records)))
@@ -124,19 +130,23 @@ class LoRATrainingRecipe:
         self.weight_dtype = WEIGHT_DTYPES[cfg.train.mixed_precision]
         # Passing a dtype only when casting keeps diffusers from warning about fp32 modules.
         cast = {} if self.weight_dtype == torch.float32 else {"dtype": self.weight_dtype}
-        model.unet.to(self.device, **cast)
-        model.text_encoder.to(self.device, **cast)
-        trainable = network.apply_lora(model.unet, model.text_encoder, cfg.network, seed=cfg.train.seed)
+        encoders = [e for e in (model.text_encoder, model.text_encoder_2) if e is not None]
+        for module in (model.unet, *encoders):
+            module.to(self.device, **cast)
+        # The network's own weights stay fp32 whatever dtype the frozen base runs in.
+        trainable = self.network.apply(NetworkTargets.of(model), seed=cfg.train.seed)
+        model.unet.to(self.device)  # modules a family adds on the CPU follow the U-Net
         if cfg.train.network_weights:
-            network.load_network_weights(cfg.train.network_weights, model.unet, model.text_encoder, cfg.network)
-        # apply_lora keeps the LoRA weights in fp32 whatever dtype the frozen base runs in.
+            self.network.load(cfg.train.network_weights)
+        trained_encoders = encoders if trainable["text_encoder"] else []
         if cfg.train.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
-            if trainable["text_encoder"]:
-                model.text_encoder.gradient_checkpointing_enable()
+            for encoder in trained_encoders:
+                encoder.gradient_checkpointing_enable()
         model.unet.train()
-        model.text_encoder.train(bool(trainable["text_encoder"]))
-        self.trained_modules = [model.unet] + ([model.text_encoder] if trainable["text_encoder"] else [])
+        for encoder in encoders:
+            encoder.train(encoder in trained_encoders)
+        self.trained_modules = [model.unet, *trained_encoders]
         return trainable
 
     def _setup_caches(self) -> None:
@@ -206,26 +216,36 @@ class LoRATrainingRecipe:
             device=self.device,
             dtype=self.weight_dtype,
             resolution=self.blueprints[0].resolution,
-            reference_images=[r.path for r in self.records],
+            reference_images=[r.path for r in self.records if not r.subset.is_reg],
             cache_dir=self.cache_dir / "clip",
             validation=self._validation_loss if ev.validation.enabled and self.val_records else None,
             logger=self.run_log.logger,
             out_dir=self.output_dir,
+            strength=self.network.strength,
         )
 
     def _validation_loss(self) -> float:
+        # In eval mode, so dropouts are off, and on a forked RNG, so training draws the same after it.
+        modules = {str(i): m for i, m in enumerate(self.trained_modules)}
+        with preserved_training_state(modules):
+            for module in self.trained_modules:
+                module.eval()
+            return self._held_out_loss()
+
+    def _held_out_loss(self) -> float:
+        records = self.val_records
         if self.cfg.train.cache_latents:
-            latents = [self.latents.get(r, False, "deterministic") for r in self.val_records]
+            latents = [self.latents.get(r, False, "deterministic") for r in records]
         else:
-            latents = list(self.latents.encode_uncached([(r, False) for r in self.val_records], "deterministic", None))
+            latents = list(self.latents.encode_uncached([(r, False) for r in records], "deterministic", None))
         scale = self.model.vae.config.scaling_factor
         with torch.no_grad():
-            hidden = [self._text_hidden([r], epoch=-1, augment=False)[0] for r in self.val_records]
+            conditions = [self._conditioning([r], [False], [None], epoch=-1, augment=False) for r in records]
         ev = self.cfg.evaluate.validation
         return validation_loss(
             self._predict,
             [lat * scale for lat in latents],
-            hidden,
+            conditions,
             self.model.noise_scheduler,
             ev.timesteps,
             ev.seed,
@@ -269,7 +289,7 @@ class LoRATrainingRecipe:
                         continue
                     step += 1
                     self.final_step, self.final_epoch = step, epoch + 1
-                    self._log_step(step, loss.item(), advance)
+                    self._log_step(step, loss.item(), advance, self._max_norm())
                     if self.on_step is not None:
                         self.on_step(step, self)
                     if step >= self.total_steps:
@@ -284,6 +304,11 @@ class LoRATrainingRecipe:
         if self.evaluator is not None:
             self._evaluate(step, epoch, final)
         return final
+
+    def _max_norm(self) -> dict[str, float]:
+        """kohya's scale_weight_norms after each optimizer step; its statistics go to the log."""
+        max_norm = self.cfg.network.scale_weight_norms
+        return self.network.apply_max_norm(max_norm).scalars() if max_norm else {}
 
     def _periodic(self, count: int, step: int, epoch: int, name: str, save_every, eval_every) -> None:
         """Save and/or evaluate every N steps (count=step) or epochs (count=epoch); an evaluation reuses a save."""
@@ -306,40 +331,61 @@ class LoRATrainingRecipe:
     def _loss(self, batch: list, epoch: int = 0) -> torch.Tensor:
         model = self.model
         flips = [r.subset.flip_aug and self.rng.random() < 0.5 for r in batch]
-        latents = self._latents(batch, flips)
-        hidden = self._text_hidden(batch, epoch)
+        # random_crop / color_aug: drawn per sample after its flip (cached latents allow neither).
+        augments = [None if self.cfg.train.cache_latents else data.draw_augmentation(r, self.rng) for r in batch]
+        latents = self._latents(batch, flips, augments)
+        conditioning = self._conditioning(batch, flips, augments, epoch)
         noise = self.noise_sampler(latents, self.noise_generator)
         num_t = model.noise_scheduler.config.num_train_timesteps
         timesteps = torch.randint(0, num_t, (len(batch),), generator=self.noise_generator)
+        # ip_noise_gamma: extra noise on the input only, drawn after the timesteps as kohya does.
+        perturbation = self.noise_sampler.input_perturbation(latents, self.noise_generator)
         loss = per_sample_loss(
             self._predict,
             model.noise_scheduler,
             latents,
-            hidden,
+            conditioning,
             noise,
             timesteps,
             model.prediction_type,
             self.cfg.train.min_snr_gamma,
+            input_perturbation=perturbation,
         )
-        return loss.mean()
+        # kohya's prior preservation: regularization images weigh prior_loss_weight.
+        weights = [self.cfg.train.prior_loss_weight if r.subset.is_reg else 1.0 for r in batch]
+        return (loss * torch.tensor(weights, device=loss.device)).mean()
 
-    def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    def _predict(self, noisy: torch.Tensor, timesteps: torch.Tensor, cond: UNetConditioning) -> torch.Tensor:
         dev, dtype = self.device, self.weight_dtype
-        return self.model.unet(noisy.to(dev, dtype), timesteps.to(dev), hidden.to(dev, dtype)).sample
+        return self.model.unet(noisy.to(dev, dtype), timesteps.to(dev), **cond.kwargs(dev, dtype)).sample
 
-    def _latents(self, batch: list, flips: list[bool]) -> torch.Tensor:
+    def _latents(self, batch: list, flips: list[bool], augments: list) -> torch.Tensor:
         mode = self.cfg.train.latent_sampling
         if self.cfg.train.cache_latents:
             latents = torch.stack(
                 [self.latents.get(r, f, mode, self.noise_generator) for r, f in zip(batch, flips, strict=True)]
             )
         else:
-            latents = self.latents.encode_uncached(list(zip(batch, flips, strict=True)), mode, self.noise_generator)
+            items = list(zip(batch, flips, augments, strict=True))
+            latents = self.latents.encode_uncached(items, mode, self.noise_generator)
         return latents * self.model.vae.config.scaling_factor
 
-    def _text_hidden(self, batch: list, epoch: int, augment: bool = True) -> torch.Tensor:
+    def _conditioning(self, batch: list, flips: list, augments: list, epoch: int, augment=True) -> UNetConditioning:
+        """Text conditioning, plus SDXL's size ids from each image's size, crop and flip (as kohya)."""
+        time_ids = None
+        if self.model.architecture == "sdxl":
+            sizes = zip(batch, flips, augments, strict=True)
+            time_ids = torch.stack(
+                [
+                    size_time_ids(data.original_size_hw(r), data.crop_top_left(r, f, a), data.target_size_hw(r))
+                    for r, f, a in sizes
+                ]
+            )
+        return UNetConditioning(self._text(batch, epoch, augment), time_ids)
+
+    def _text(self, batch: list, epoch: int, augment: bool = True) -> TextConditioning:
         if self.text_cache is not None:
-            return torch.stack([self.text_cache.get(r.caption) for r in batch])
+            return TextConditioning.stack([self.text_cache.get(r.caption) for r in batch])
         # Captions count epochs from 1, as kohya does (caption_dropout_every_n_epochs).
         # Without augmentation (validation) the training RNG is not touched.
         if augment:
@@ -351,26 +397,20 @@ class LoRATrainingRecipe:
         with torch.no_grad():
             return self._encode_text(captions)
 
-    def _encode_text(self, captions: list[str]) -> torch.Tensor:
-        tok = self.model.tokenizer
-        ids = tok(captions, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
-        return self.model.text_encoder(ids.input_ids.to(self.device))[0]
+    def _encode_text(self, captions: list[str]) -> TextConditioning:
+        return encode_captions(self.model, captions, self.device)
 
-    def _log_step(self, step: int, loss: float, advance) -> None:
+    def _log_step(self, step: int, loss: float, advance, extra: dict[str, float]) -> None:
         lrs = {g.get("name", str(i)): g["lr"] for i, g in enumerate(self.optimizer.param_groups)}
         self.last_loss = loss
         advance(1, loss=loss, lr=next(iter(lrs.values())))
         if step % self.cfg.train.log_every_n_steps == 0:
-            self.run_log.scalars(step, {"loss/train": loss, **{f"lr/{k}": v for k, v in lrs.items()}})
+            self.run_log.scalars(step, {"loss/train": loss, **{f"lr/{k}": v for k, v in lrs.items()}, **extra})
 
     # ------------------------------------------------------------------- save
     def save(self, step: int, epoch: int, name: str) -> Path:
-        path = self.output_dir / "checkpoints" / f"{name}.safetensors"
-        unet = self.accelerator.unwrap_model(self.model.unet)
-        te = self.accelerator.unwrap_model(self.model.text_encoder)
-        tensors = kohya_state_dict(unet, te, self.cfg.network)
-        metadata = training_metadata(self, step=step, epoch=epoch, name=name)
-        save_lora(path, tensors, build_metadata(network=self.cfg.network, extra=metadata))
+        path = self.output_dir / "checkpoints" / f"{name}{self.network.file_suffix}"
+        self.network.save(path, training_metadata(self, step=step, epoch=epoch, name=name))
         self.checkpoints[step] = path
         log.info("saved %s (step %d, epoch %d)", path, step, epoch)
         return path

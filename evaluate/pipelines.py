@@ -1,0 +1,75 @@
+"""The diffusers pipeline a Renderer drives, SD 1.x/2.x or SDXL, and its prompt embeddings.
+
+Prompts are encoded one distinct text at a time with the pipeline's own
+``encode_prompt``, so a prompt's embedding never depends on the batch it is in.
+SDXL adds a pooled embedding per prompt; an empty negative prompt is all zeros,
+as SDXL's pipeline does by default (``force_zeros_for_empty_prompt``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+
+@dataclass(frozen=True)
+class PromptEmbeds:
+    embeds: torch.Tensor  # (1, tokens, width)
+    pooled: torch.Tensor | None = None  # SDXL: (1, width)
+
+
+def build_pipeline(*, unet, vae, text_encoder, tokenizer, scheduler, text_encoder_2=None, tokenizer_2=None):
+    if text_encoder_2 is None:
+        pipeline = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+    else:
+        pipeline = StableDiffusionXLPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer,
+            tokenizer_2=tokenizer_2,
+            unet=unet,
+            scheduler=scheduler,
+            add_watermarker=False,
+        )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def is_sdxl(pipeline: DiffusionPipeline) -> bool:
+    return isinstance(pipeline, StableDiffusionXLPipeline)
+
+
+def encode_prompt(pipeline: DiffusionPipeline, text: str, device: torch.device, negative: bool = False) -> PromptEmbeds:
+    if not is_sdxl(pipeline):
+        return PromptEmbeds(pipeline.encode_prompt(text, device, 1, False)[0])
+    embeds, _, pooled, _ = pipeline.encode_prompt(
+        prompt=text, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+    )
+    if negative and not text and pipeline.config.force_zeros_for_empty_prompt:
+        return PromptEmbeds(torch.zeros_like(embeds), torch.zeros_like(pooled))
+    return PromptEmbeds(embeds, pooled)
+
+
+def prompt_kwargs(positive: list[PromptEmbeds], negative: PromptEmbeds | None) -> dict:
+    """The pipeline call's embedding arguments for a batch (negative None: no guidance)."""
+    embeds = torch.cat([p.embeds for p in positive])
+    kwargs = {"prompt_embeds": embeds, "negative_prompt_embeds": None}
+    if negative is not None:
+        kwargs["negative_prompt_embeds"] = negative.embeds.expand_as(embeds)
+    if positive[0].pooled is not None:
+        pooled = torch.cat([p.pooled for p in positive])
+        kwargs["pooled_prompt_embeds"] = pooled
+        kwargs["negative_pooled_prompt_embeds"] = None if negative is None else negative.pooled.expand_as(pooled)
+    return kwargs
