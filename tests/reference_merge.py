@@ -70,7 +70,7 @@ def lokr_delta(t: dict[str, torch.Tensor], shape: torch.Size) -> torch.Tensor:
             w2 = t["lokr_w2_a"] @ t["lokr_w2_b"]
     if w2.dim() == 4:
         w1 = w1.unsqueeze(2).unsqueeze(2)
-    return torch.kron(w1, w2).reshape(shape) * _scale(t, dim)
+    return torch.kron(w1, w2.contiguous()).reshape(shape) * _scale(t, dim)
 
 
 def dora_update(weight: torch.Tensor, delta: torch.Tensor, dora_scale: torch.Tensor) -> torch.Tensor:

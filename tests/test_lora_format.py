@@ -1,43 +1,48 @@
-"""kohya LoRA files: diffusers loads them to the same outputs; keys, alphas, metadata, hashes."""
+"""Network files: diffusers and the UIs' merge math reproduce the trained network; keys, metadata, hashes."""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import logging
 import re
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
-from safetensors.torch import save
-from train.network import apply_lora
+from safetensors.torch import load_file, save, save_file
 
-from tests.test_network import perturb, text_encoder_output, unet_output
+from tests.network_helpers import family_config, perturb, text_encoder_output, unet_output
+from tests.reference_merge import merge_file
 from train.config import NetworkConfig
-from train.lora_format import build_metadata, kohya_state_dict, read_lora, save_lora
+from train.lora_format import build_metadata, read_lora, save_lora
+from train.networks import NetworkTargets, build_network
 
-KOHYA_KEY = re.compile(r"lora_(unet|te)_[a-z0-9_]+\.(lora_down\.weight|lora_up\.weight|alpha)")
-
-
-@pytest.fixture
-def tiny_pipeline_dir(tiny_model_dir):
-    """The tiny model saved by build_tiny_sd15: the same weights as tiny_unet()/tiny_text_encoder()."""
-    return tiny_model_dir
+SUFFIXES = {
+    "lora": r"lora_down\.weight|lora_up\.weight|alpha",
+    "lora_fa": r"lora_down\.weight|lora_up\.weight|alpha",
+    "dora": r"lora_down\.weight|lora_up\.weight|alpha|dora_scale",
+    "loha": r"hada_w[12]_[ab]|hada_t[12]|alpha",
+    "lokr": r"lokr_w[12](_[ab])?|lokr_t2|alpha",
+}
 
 
 def _load(folder) -> StableDiffusionPipeline:
     return StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, requires_safety_checker=False)
 
 
-def _trained_file(pipeline_dir, cfg, path):
-    """Apply LoRA to the saved pipeline, 'train' it, save it in kohya format."""
+def _trained(pipeline_dir, cfg: NetworkConfig, path):
+    """Apply a network to the saved pipeline, 'train' it, save it."""
     pipe = _load(pipeline_dir)
-    apply_lora(pipe.unet, pipe.text_encoder, cfg, seed=0)
-    perturb(pipe.unet, pipe.text_encoder)
-    tensors = kohya_state_dict(pipe.unet, pipe.text_encoder, cfg)
-    save_lora(path, tensors, build_metadata(network=cfg, extra={"ss_output_name": "net"}))
-    return pipe, tensors
+    network = build_network(cfg)
+    perturb(network.apply(NetworkTargets.of(pipe), seed=0))
+    network.save(path, {"ss_output_name": "net"})
+    return pipe, network
+
+
+def _outputs(pipe) -> tuple[torch.Tensor, torch.Tensor]:
+    return unet_output(pipe.unet), text_encoder_output(pipe.text_encoder)
 
 
 @pytest.mark.parametrize(
@@ -48,50 +53,114 @@ def _trained_file(pipeline_dir, cfg, path):
         NetworkConfig(dim=4, alpha=0),
         NetworkConfig(dim=4, alpha=2, conv_dim=2, conv_alpha=0.5),
         NetworkConfig(dim=4, alpha=1, train_text_encoder=True),
+        family_config("lora_fa"),
     ],
-    ids=["dim4-alpha1", "dim8-alpha1", "alpha0", "locon", "text-encoder"],
+    ids=["dim4-alpha1", "dim8-alpha1", "alpha0", "locon", "text-encoder", "lora-fa"],
 )
-def test_diffusers_load_lora_weights_reproduces_the_trained_network(tmp_path, tiny_pipeline_dir, cfg):
-    base = _load(tiny_pipeline_dir)
-    trained, tensors = _trained_file(tiny_pipeline_dir, cfg, tmp_path / "net.safetensors")
+def test_diffusers_load_lora_weights_reproduces_the_trained_network(tmp_path, tiny_model_dir, cfg):
+    base = _outputs(_load(tiny_model_dir))
+    trained, _ = _trained(tiny_model_dir, cfg, tmp_path / "net.safetensors")
+    expected = _outputs(trained)
 
-    loaded = _load(tiny_pipeline_dir)
+    loaded = _load(tiny_model_dir)
     loaded.load_lora_weights(tmp_path, weight_name="net.safetensors")
-    expected = unet_output(trained.unet)
-    assert not torch.allclose(expected, unet_output(base.unet), atol=1e-3)
-    torch.testing.assert_close(unet_output(loaded.unet), expected, atol=1e-4, rtol=0)
+    assert not torch.allclose(expected[0], base[0], atol=1e-3)
+    torch.testing.assert_close(unet_output(loaded.unet), expected[0], atol=1e-4, rtol=0)
     if cfg.train_text_encoder:
-        expected_te = text_encoder_output(trained.text_encoder)
-        assert not torch.allclose(expected_te, text_encoder_output(base.text_encoder), atol=1e-3)
-        torch.testing.assert_close(text_encoder_output(loaded.text_encoder), expected_te, atol=1e-4, rtol=0)
-        assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in tensors)
+        assert not torch.allclose(expected[1], base[1], atol=1e-3)
+        torch.testing.assert_close(text_encoder_output(loaded.text_encoder), expected[1], atol=1e-4, rtol=0)
 
 
-def test_keys_and_alphas_are_kohyas(tmp_path, tiny_pipeline_dir):
-    cfg = NetworkConfig(dim=4, alpha=2, conv_dim=2, conv_alpha=0.5, train_text_encoder=True)
-    _, tensors = _trained_file(tiny_pipeline_dir, cfg, tmp_path / "net.safetensors")
+@pytest.mark.parametrize(
+    "family, options",
+    [
+        ("lora", {}),
+        ("lora_fa", {}),
+        ("dora", {}),
+        ("dora", {"conv_dim": None}),
+        ("loha", {}),
+        ("loha", {"module": {"use_tucker": True}}),
+        ("lokr", {}),
+        ("lokr", {"module": {"factor": 4, "decompose_both": True}}),
+        ("lokr", {"dim": 64}),  # both Kronecker factors full: the scale is baked into lokr_w2
+        ("lokr", {"module": {"use_tucker": True}, "dim": 2}),
+    ],
+)
+def test_the_uis_merge_math_reproduces_the_trained_network(tmp_path, tiny_model_dir, family, options):
+    """A1111/ComfyUI merge each module's update into the weights; see tests/reference_merge.py."""
+    trained, network = _trained(tiny_model_dir, family_config(family, **options), tmp_path / "net.safetensors")
+    expected = _outputs(trained)
+    with network.strength(0.5):
+        half = _outputs(trained)
+
+    for strength, wanted in ((1.0, expected), (0.5, half)):
+        merged = _load(tiny_model_dir)
+        count = merge_file(tmp_path / "net.safetensors", merged.unet, {"lora_te": merged.text_encoder}, strength)
+        assert count == len(network.layers)
+        torch.testing.assert_close(unet_output(merged.unet), wanted[0], atol=2e-5, rtol=0)
+        torch.testing.assert_close(text_encoder_output(merged.text_encoder), wanted[1], atol=2e-5, rtol=0)
+
+
+def test_diffusers_loads_a_dora_file_without_its_magnitudes(tmp_path, tiny_model_dir, caplog):
+    """diffusers filters kohya's dora_scale (and warns): what it loads is the file's LoRA part."""
+    trained, _ = _trained(
+        tiny_model_dir, family_config("dora", train_text_encoder=False), tmp_path / "dora.safetensors"
+    )
+    tensors = load_file(tmp_path / "dora.safetensors")
+    save_file({k: v for k, v in tensors.items() if "dora_scale" not in k}, tmp_path / "part.safetensors")
+    lora_part = build_network(family_config("lora", train_text_encoder=False))
+    part_pipe = _load(tiny_model_dir)
+    lora_part.apply(NetworkTargets.of(part_pipe), seed=0)
+    lora_part.load(tmp_path / "part.safetensors")
+
+    loaded = _load(tiny_model_dir)
+    with caplog.at_level(logging.WARNING):
+        loaded.load_lora_weights(tmp_path, weight_name="dora.safetensors")
+    assert "dora_scale" in caplog.text
+    torch.testing.assert_close(unet_output(loaded.unet), unet_output(part_pipe.unet), atol=1e-4, rtol=0)
+    assert not torch.allclose(unet_output(loaded.unet), unet_output(trained.unet), atol=1e-4)
+
+
+@pytest.mark.parametrize("family", SUFFIXES)
+def test_keys_alphas_and_metadata_per_family(tmp_path, tiny_model_dir, family):
+    cfg = family_config(family)
+    _, network = _trained(tiny_model_dir, cfg, tmp_path / "net.safetensors")
+    tensors, metadata = read_lora(tmp_path / "net.safetensors")
+    key = re.compile(rf"lora_(unet|te)_[a-z0-9_]+\.({SUFFIXES[family]})")
     assert list(tensors) == sorted(tensors)
-    assert all(KOHYA_KEY.fullmatch(key) for key in tensors), [k for k in tensors if not KOHYA_KEY.fullmatch(k)]
-    assert "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0.alpha" in tensors
-    for key, tensor in tensors.items():
-        assert tensor.is_contiguous()
-        if key.endswith(".alpha"):
-            down = tensors[key.replace(".alpha", ".lora_down.weight")]
-            is_3x3_conv = down.dim() == 4 and down.shape[-1] == 3
-            assert float(tensor) == (cfg.effective_conv_alpha if is_3x3_conv else cfg.effective_alpha), key
-            assert down.shape[0] == (cfg.conv_dim if is_3x3_conv else cfg.dim)
+    assert all(key.fullmatch(k) for k in tensors), [k for k in tensors if not key.fullmatch(k)][:3]
+    assert "lora_unet_down_blocks_0_resnets_0_conv1.alpha" in tensors  # conv_dim: the ResNet convs too
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in tensors)
+    for name, tensor in tensors.items():
+        if name.endswith(".alpha"):
+            conv3x3 = re.search(r"resnets_\d+_conv[12]\.|samplers_0_conv\.", name) is not None
+            assert float(tensor) == (cfg.effective_conv_alpha if conv3x3 else cfg.effective_alpha), name
+
+    args = json.loads(metadata["ss_network_args"])
+    module = {"lora": "networks.lora", "lora_fa": "networks.lora_fa"}.get(family, "lycoris.kohya")
+    assert metadata["ss_network_module"] == module
+    assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("4", "2.0")
+    assert (args["conv_dim"], args["conv_alpha"]) == ("2", "1.0")
+    assert args.get("algo") == {"dora": "locon", "loha": "loha", "lokr": "lokr"}.get(family)
+    assert (args.get("dora_wd") == "True") == (family == "dora")
+    if family == "dora":
+        # A1111's input-axis layout: (1, in_features) for Linear, (1, in_channels, 1, 1) for conv.
+        attention = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+        assert tensors[f"{attention}.dora_scale"].shape == (1, 32)
+        assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale"].shape == (1, 32, 1, 1)
 
 
 def test_metadata_and_hashes(tmp_path):
-    cfg = NetworkConfig(dim=8, alpha=4, conv_dim=4, conv_alpha=1)
+    network = build_network(NetworkConfig(dim=8, alpha=4, conv_dim=4, conv_alpha=1, rank_dropout=0.1))
     extra = {"ss_learning_rate": 1e-4, "ss_seed": 42, "ss_min_snr_gamma": None, "ss_tag_frequency": {"a": {"b": 1}}}
-    metadata = build_metadata(network=cfg, extra=extra)
+    metadata = build_metadata(network.metadata(), extra)
     assert all(isinstance(v, str) for v in metadata.values())
     assert metadata["ss_network_module"] == "networks.lora"
     assert (metadata["ss_network_dim"], metadata["ss_network_alpha"]) == ("8", "4.0")
-    assert json.loads(metadata["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "1.0"}
+    assert json.loads(metadata["ss_network_args"]) == {"conv_dim": "4", "conv_alpha": "1.0", "rank_dropout": "0.1"}
     assert json.loads(metadata["ss_tag_frequency"]) == {"a": {"b": 1}}
     assert metadata["ss_min_snr_gamma"] == "None" and metadata["ss_learning_rate"] == "0.0001"
+    assert metadata["ss_network_dropout"] == "None" and metadata["ss_scale_weight_norms"] == "None"
 
     # Over 1 MiB, so the legacy hash reads tensor bytes rather than an empty window.
     tensors = {"lora_unet_x.lora_down.weight": torch.arange(300_000, dtype=torch.float32).reshape(3000, 100)}
