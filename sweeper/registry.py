@@ -2,6 +2,7 @@
 
     promoted/<study>/
       <study>.safetensors   the current promotion: the stable path consumers load
+                            (<study>.pt when it is an A1111 hypernetwork)
       manifest.json         its manifest (trial, step, params, scores, hashes, time)
       history.json          every promotion, oldest first
       versions/v001/        each promotion's file and manifest, kept for good
@@ -30,6 +31,8 @@ from train.atomic import DIR_MODE, write_bytes_atomic
 from train.errors import UserError
 
 VERSION_DIR = re.compile(r"v(\d+)")
+# File suffixes of the network families (kohya/LyCORIS .safetensors, A1111 hypernetwork .pt).
+NETWORK_SUFFIXES = (".safetensors", ".pt")
 
 
 class PromotionRefused(UserError):
@@ -57,10 +60,17 @@ class Registry:
     def __init__(self, root: str | os.PathLike, study_name: str):
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", study_name).strip("._") or "study"
         self.dir = Path(root) / safe
-        self.current_file = self.dir / f"{safe}.safetensors"
+        self.stem = safe
         self.manifest_file = self.dir / "manifest.json"
         self.history_file = self.dir / "history.json"
         self.versions = self.dir / "versions"
+
+    @property
+    def current_file(self) -> Path:
+        """<study>.safetensors, or <study>.pt when the current promotion is a hypernetwork."""
+        current = self.current()
+        suffix = Path(current["file"]).suffix if current and current.get("file") else ".safetensors"
+        return self.dir / f"{self.stem}{suffix}"
 
     # ------------------------------------------------------------ reading
     def current(self) -> dict | None:
@@ -121,17 +131,21 @@ class Registry:
             self._swap_current(final_dir / source.name)
             _write_json(self.manifest_file, manifest)
             _write_json(self.history_file, [*self.history(), manifest])
-        return Promotion(manifest, self.current_file, changed=True, replaced=current)
+        return Promotion(manifest, self.dir / f"{self.stem}{source.suffix}", changed=True, replaced=current)
 
     def _swap_current(self, versioned: Path) -> None:
         # A hard link costs no space; a copy where links are not supported. Either way, renamed into place.
-        tmp = self.dir / f".{self.current_file.name}.tmp"
+        current = self.dir / f"{self.stem}{versioned.suffix}"
+        tmp = self.dir / f".{current.name}.tmp"
         tmp.unlink(missing_ok=True)
         try:
             os.link(versioned, tmp)
         except OSError:
             shutil.copyfile(versioned, tmp)
-        os.replace(tmp, self.current_file)
+        os.replace(tmp, current)
+        for suffix in NETWORK_SUFFIXES:  # another family promoted before: one current file only
+            if suffix != versioned.suffix:
+                (self.dir / f"{self.stem}{suffix}").unlink(missing_ok=True)
 
     def annotate(self, version: int, extra: dict) -> dict:
         """Add facts learned after the copy (e.g. the W&B artifact) to a version's manifests."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import optuna
 import pytest
@@ -253,3 +254,21 @@ def test_registry_files_are_readable_by_other_users(single, study_db, tmp_path):
     for path in (registry.current_file, registry.manifest_file, registry.versions / "v001"):
         expected = (0o777 if path.is_dir() else 0o666) & ~umask
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_a_hypernetwork_promotion_is_the_one_current_file(tmp_path):
+    registry = Registry(tmp_path / "promoted", "s")
+    lora, hypernetwork = tmp_path / "a.safetensors", tmp_path / "b.pt"
+    for path, data in ((lora, b"lora bytes"), (hypernetwork, b"pt bytes")):
+        path.write_bytes(data)
+
+    def promote_file(path: Path, trial: int):
+        return registry.promote(path, {"trial": trial, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
+
+    first = promote_file(lora, 0)
+    assert first.path == registry.current_file == registry.dir / "s.safetensors"
+    second = promote_file(hypernetwork, 1)
+    assert second.path == registry.current_file == registry.dir / "s.pt"
+    assert second.path.read_bytes() == b"pt bytes"
+    assert not (registry.dir / "s.safetensors").exists()  # consumers never see two current files
+    assert (registry.versions / "v002" / "b.pt").is_file() and (registry.versions / "v001" / "a.safetensors").is_file()
