@@ -23,9 +23,15 @@ def run(cfg, reporter=None):
     return recipe, recipe.train()
 
 
-def test_evaluation_on_or_off_trains_identical_lora_bytes(make_run):
-    _, with_eval = run(make_run(*STEPS, *EVAL))
-    _, without = run(make_run(*STEPS, "evaluate=none"))
+@pytest.mark.parametrize(
+    "network",
+    [[], ["network.network_dropout=0.2", "network.rank_dropout=0.2", "network.module_dropout=0.2"], ["network=dora"]],
+    ids=["lora", "lora-dropouts", "dora"],
+)
+def test_evaluation_on_or_off_trains_identical_lora_bytes(make_run, network):
+    # Dropouts draw from the RNG while training: evaluation (renders, validation loss) must not move it.
+    _, with_eval = run(make_run(*STEPS, *EVAL, *network))
+    _, without = run(make_run(*STEPS, "evaluate=none", *network))
     a, b = load_file(with_eval), load_file(without)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

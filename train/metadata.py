@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 from train import data, optimizers
@@ -14,8 +15,10 @@ def training_metadata(recipe, *, step: int, epoch: int, name: str) -> dict[str, 
     cfg: RunConfig = recipe.cfg
     model, records, first = recipe.model, recipe.records, recipe.blueprints[0]
     total_steps, steps_per_epoch = recipe.total_steps, recipe.steps_per_epoch
-    # SD2.x text encoders (OpenCLIP ViT-H) are 1024 wide; SD1.x's are 768.
-    is_v2 = getattr(model.text_encoder.config, "hidden_size", 768) == 1024
+    # SD2.x text encoders (OpenCLIP ViT-H) are 1024 wide; SD1.x's are 768. SDXL is not "v2" to kohya.
+    is_sdxl = model.architecture == "sdxl"
+    is_v2 = not is_sdxl and getattr(model.text_encoder.config, "hidden_size", 768) == 1024
+    version = "sdxl_base_v1-0" if is_sdxl else ("sd_v2" if is_v2 else "sd_v1")
     return {
         "ss_output_name": name,
         "ss_training_started_at": recipe.started_at,
@@ -37,14 +40,38 @@ def training_metadata(recipe, *, step: int, epoch: int, name: str) -> dict[str, 
         "ss_batch_size_per_device": first.batch_size,
         "ss_resolution": f"({first.resolution[0]}, {first.resolution[1]})",
         "ss_num_train_images": data.count_samples_with_repeats(records),
-        "ss_dataset_dirs": data.dataset_dirs_metadata(records),
+        "ss_dataset_dirs": data.dataset_dirs_metadata([r for r in records if not r.subset.is_reg]),
+        "ss_reg_dataset_dirs": data.dataset_dirs_metadata([r for r in records if r.subset.is_reg]),
+        "ss_num_reg_images": sum(r.subset.is_reg for r in records),
         "ss_tag_frequency": data.tag_frequency(records),
         "ss_cache_latents": cfg.train.cache_latents,
+        "ss_prior_loss_weight": cfg.train.prior_loss_weight,
+        "ss_flip_aug": any(r.subset.flip_aug for r in records),
+        "ss_color_aug": any(r.subset.color_aug for r in records),
+        "ss_random_crop": any(r.subset.random_crop for r in records),
         "ss_sd_model_name": Path(model.source).name,
         "ss_new_sd_model_hash": model.model_hash,
         "ss_v2": is_v2,
-        "ss_base_model_version": "sd_v2" if is_v2 else "sd_v1",
+        "ss_base_model_version": version,
         "ss_prediction_type": model.prediction_type,
         "ss_network_weights": cfg.train.network_weights,
         **recipe.noise_sampler.metadata(),
+    }
+
+
+def run_stats(recipe) -> dict[str, object]:
+    """The run summary's figures (train_summary.json): steps, speed, what was encoded or disabled."""
+    elapsed = time.time() - getattr(recipe, "started_at", time.time())
+    steps = getattr(recipe, "final_step", 0)
+    return {
+        "steps": steps,
+        "epochs": getattr(recipe, "final_epoch", 0),
+        "last_loss": getattr(recipe, "last_loss", None),
+        "num_images": len(recipe.records),
+        "num_validation_images": len(recipe.val_records),
+        "latent_encodes": recipe.latents.encode_count,
+        "text_encodes": recipe.text_cache.encode_count if recipe.text_cache else 0,
+        "disabled_augmentations": recipe.disabled_augmentations,
+        "train_seconds": round(elapsed, 3),
+        "steps_per_second": round(steps / elapsed, 3) if elapsed > 0 else None,
     }

@@ -35,8 +35,8 @@ from train.config import RunConfig
 from train.data.split import split_validation
 from train.errors import ConfigError
 from train.loss import per_sample_loss
-from train.metadata import training_metadata
-from train.models.conditioning import TextConditioning, UNetConditioning, encode_captions, size_time_ids
+from train.metadata import run_stats, training_metadata
+from train.models.conditioning import TextConditioning, UNetConditioning, batch_time_ids, encode_captions
 from train.models.loading import BaseModel, ensure_model_available, load_base_model
 from train.networks import NetworkTargets, build_network
 from train.noise import build_noise_sampler
@@ -225,32 +225,27 @@ class LoRATrainingRecipe:
         )
 
     def _validation_loss(self) -> float:
-        # In eval mode, so dropouts are off, and on a forked RNG, so training draws the same after it.
-        modules = {str(i): m for i, m in enumerate(self.trained_modules)}
-        with preserved_training_state(modules):
-            for module in self.trained_modules:
-                module.eval()
-            return self._held_out_loss()
-
-    def _held_out_loss(self) -> float:
-        records = self.val_records
+        records, ev = self.val_records, self.cfg.evaluate.validation
         if self.cfg.train.cache_latents:
             latents = [self.latents.get(r, False, "deterministic") for r in records]
         else:
             latents = list(self.latents.encode_uncached([(r, False) for r in records], "deterministic", None))
         scale = self.model.vae.config.scaling_factor
-        with torch.no_grad():
-            conditions = [self._conditioning([r], [False], [None], epoch=-1, augment=False) for r in records]
-        ev = self.cfg.evaluate.validation
-        return validation_loss(
-            self._predict,
-            [lat * scale for lat in latents],
-            conditions,
-            self.model.noise_scheduler,
-            ev.timesteps,
-            ev.seed,
-            self.model.prediction_type,
-        )
+        # In eval mode, so dropouts are off, and on a forked RNG, so training draws the same after it.
+        with preserved_training_state({str(i): m for i, m in enumerate(self.trained_modules)}):
+            for module in self.trained_modules:
+                module.eval()
+            with torch.no_grad():
+                conditions = [self._conditioning([r], [False], [None], epoch=-1, augment=False) for r in records]
+            return validation_loss(
+                self._predict,
+                [lat * scale for lat in latents],
+                conditions,
+                self.model.noise_scheduler,
+                ev.timesteps,
+                ev.seed,
+                self.model.prediction_type,
+            )
 
     # ------------------------------------------------------------------ train
     def train(self) -> Path:
@@ -322,11 +317,8 @@ class LoRATrainingRecipe:
         log.info("evaluation at step %d: %s", step, ", ".join(f"{k}={v:.4g}" for k, v in result.scores.items()))
         self.reporter.report(result)
         if self.reporter.should_prune():
-            raise RunPruned(
-                f"pruned at step {step} (value {result.value:.4g})"
-                if result.value is not None
-                else f"pruned at step {step}"
-            )
+            value = f" (value {result.value:.4g})" if result.value is not None else ""
+            raise RunPruned(f"pruned at step {step}{value}")
 
     def _loss(self, batch: list, epoch: int = 0) -> torch.Tensor:
         model = self.model
@@ -372,15 +364,7 @@ class LoRATrainingRecipe:
 
     def _conditioning(self, batch: list, flips: list, augments: list, epoch: int, augment=True) -> UNetConditioning:
         """Text conditioning, plus SDXL's size ids from each image's size, crop and flip (as kohya)."""
-        time_ids = None
-        if self.model.architecture == "sdxl":
-            sizes = zip(batch, flips, augments, strict=True)
-            time_ids = torch.stack(
-                [
-                    size_time_ids(data.original_size_hw(r), data.crop_top_left(r, f, a), data.target_size_hw(r))
-                    for r, f, a in sizes
-                ]
-            )
+        time_ids = batch_time_ids(batch, flips, augments) if self.model.architecture == "sdxl" else None
         return UNetConditioning(self._text(batch, epoch, augment), time_ids)
 
     def _text(self, batch: list, epoch: int, augment: bool = True) -> TextConditioning:
@@ -416,8 +400,6 @@ class LoRATrainingRecipe:
         return path
 
     def _finish(self, final: Path | None, status: str, reason: str | None = None) -> None:
-        elapsed = time.time() - getattr(self, "started_at", time.time())
-        steps = getattr(self, "final_step", 0)
         self.run_log.finish(
             self.cfg,
             status=status,
@@ -425,16 +407,5 @@ class LoRATrainingRecipe:
             final=final,
             checkpoints=list(self.checkpoints.values()),
             best=self.evaluator.best if self.evaluator else None,
-            stats={
-                "steps": steps,
-                "epochs": getattr(self, "final_epoch", 0),
-                "last_loss": getattr(self, "last_loss", None),
-                "num_images": len(self.records),
-                "num_validation_images": len(self.val_records),
-                "latent_encodes": self.latents.encode_count,
-                "text_encodes": self.text_cache.encode_count if self.text_cache else 0,
-                "disabled_augmentations": self.disabled_augmentations,
-                "train_seconds": round(elapsed, 3),
-                "steps_per_second": round(steps / elapsed, 3) if elapsed > 0 else None,
-            },
+            stats=run_stats(self),
         )

@@ -107,6 +107,16 @@ def unet_kwargs(cond: TextConditioning, time_ids: Tensor | None) -> dict:
     return {"encoder_hidden_states": cond.hidden, "added_cond_kwargs": added}
 
 
+def batch_time_ids(records: Sequence, flips: Sequence[bool], augments: Sequence) -> Tensor:
+    """(B, 6) size ids of a training batch: each image's original size, crop (after its flip) and bucket."""
+    from train.data.augment import crop_top_left, original_size_hw, target_size_hw
+
+    sizes = zip(records, flips, augments, strict=True)
+    return torch.stack(
+        [size_time_ids(original_size_hw(r), crop_top_left(r, f, a), target_size_hw(r)) for r, f, a in sizes]
+    )
+
+
 @dataclass
 class UNetConditioning:
     """What the U-Net is conditioned on for a batch: the text, and for SDXL the size ids (B, 6)."""
@@ -123,4 +133,4 @@ class UNetConditioning:
         return unet_kwargs(self.text.to(device, dtype), self.time_ids)
 
 
-__all__ = ["TextConditioning", "UNetConditioning", "encode_captions", "size_time_ids", "unet_kwargs"]
+__all__ = ["TextConditioning", "UNetConditioning", "batch_time_ids", "encode_captions", "size_time_ids", "unet_kwargs"]
