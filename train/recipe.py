@@ -105,7 +105,6 @@ class LoRATrainingRecipe:
             gradient_accumulation_steps=cfg.train.gradient_accumulation_steps,
             cpu=self.device.type == "cpu",
         )
-        torch.manual_seed(cfg.train.seed)
         self.noise_generator = torch.Generator("cpu").manual_seed(cfg.train.seed)
         self.rng = random.Random(cfg.train.seed)
         self.model: BaseModel = (
@@ -265,6 +264,9 @@ class LoRATrainingRecipe:
         params = [p for group in self.trainable.values() for p in group]
         batch_sizes = [b.batch_size for b in self.blueprints]
         self.started_at = time.time()
+        # The dropouts draw from the global RNG (as kohya's, and so gradient checkpointing can
+        # replay them); seeded here, after every setup step that draws from it (demo CLIP init...).
+        torch.manual_seed(cfg.train.seed)
         self.final_step, self.final_epoch = 0, 0
         step, epoch = 0, 0
         with self.run_log.progress("training", total=self.total_steps) as advance:

@@ -73,7 +73,10 @@ class Network(ABC):
 
     @abstractmethod
     def apply(self, targets: NetworkTargets, seed: int) -> dict[str, list[nn.Parameter]]:
-        """Freeze the models, add this network (a no-op at init), return its trainable parameters.
+        """Freeze the models, add this network, return its trainable parameters.
+
+        LoRA-like families start as a no-op (one factor zero); a hypernetwork starts
+        from A1111's small random init.
 
         Keys: "unet" and "text_encoder" (all text encoders together: one learning rate).
         Everything random in the init comes from ``seed``; the caller's RNG is untouched.
