@@ -1,37 +1,50 @@
-"""Score saved LoRA files side by side: a comparison grid and a score table.
+"""Score saved network files side by side: a comparison grid and a score table.
 
-Each file is loaded into the base model with diffusers' ``load_lora_weights``
-(the path users' tools take), rendered at the same prompts and seeds, scored
-with one CLIP pass per image, then unloaded before the next.
+Plain kohya LoRA, LoCon and LoRA-FA files are loaded into the base model with
+diffusers' ``load_lora_weights`` (the path users' tools take) and unloaded after.
+diffusers cannot run the other families (it drops DoRA's ``dora_scale`` and reads
+no LoHa, LoKr or hypernetwork), so for those our own network, rebuilt from the
+file, is applied to a fresh copy of the base model's parts. Every file renders at
+the same prompts and seeds, SD 1.x/2.x or SDXL, and is scored with one CLIP pass per image.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 import io
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 
 from evaluate.grid import make_grid, save_png_atomic
 from evaluate.objective import check_objective, is_better, objective_value, used_metrics
+from evaluate.pipelines import build_pipeline
 from evaluate.prompts import load_prompts
-from evaluate.render import Renderer, plan_renders
+from evaluate.render import Render, Renderer, RenderJob, Strength, plan_renders
 from evaluate.score_config import ScoreConfig
 from evaluate.scoring import build_scorer
 from train import data
 from train.atomic import write_bytes_atomic
 from train.data.split import split_validation
 from train.errors import ConfigError
-from train.lora_format import read_lora
-from train.models.loading import ensure_model_available, load_base_model
+from train.models.loading import BaseModel, ensure_model_available, load_base_model
+from train.networks import Network, NetworkTargets, build_network
+from train.networks.from_file import NetworkFile, inspect_network_file
 
 log = logging.getLogger(__name__)
 ADAPTER = "default"  # the Renderer sets strengths on this adapter name, as in training
+# A folder stands for its network files: kohya/LyCORIS .safetensors and A1111 hypernetwork .pt.
+FILE_PATTERNS = ("*.safetensors", "*.pt")
+# Families diffusers' load_lora_weights reads in full; the others get our own network.
+DIFFUSERS_FAMILIES = ("lora", "locon", "lora_fa")
+MakeRenderer = Callable[[BaseModel, Strength | None], Renderer]
 
 
 @dataclass
@@ -44,12 +57,12 @@ class FileScores:
 
 
 def expand_files(entries: list[str]) -> list[Path]:
-    """Files as given; a folder stands for its *.safetensors, sorted. Missing paths -> one ConfigError."""
+    """Files as given; a folder stands for its *.safetensors and *.pt, sorted. Missing paths -> one ConfigError."""
     files, missing = [], []
     for entry in entries:
         path = Path(entry).expanduser()
         if path.is_dir():
-            files += sorted(path.glob("*.safetensors"))
+            files += sorted(found for pattern in FILE_PATTERNS for found in path.glob(pattern))
         elif path.is_file():
             files.append(path)
         else:
@@ -57,7 +70,7 @@ def expand_files(entries: list[str]) -> list[Path]:
     if missing:
         raise ConfigError(f"files: not found: {', '.join(missing)}")
     if not files:
-        raise ConfigError(f"files: no .safetensors files in {', '.join(entries)}")
+        raise ConfigError(f"files: no .safetensors or .pt files in {', '.join(entries)}")
     return files
 
 
@@ -68,10 +81,9 @@ class FileComparison:
     def preflight(self) -> None:
         cfg = self.cfg
         self.files = expand_files(list(cfg.files))
-        self.metadata, self.has_text_encoder = {}, {}
-        for path in self.files:  # a bad file fails here, named
-            tensors, self.metadata[path] = read_lora(path)
-            self.has_text_encoder[path] = any(key.startswith("lora_te") for key in tensors)
+        self.networks = inspect_files(self.files)  # bad files fail here, named, before the model loads
+        self.metadata = {path: found.metadata for path, found in self.networks.items()}
+        self.has_text_encoder = {path: bool(found.text_encoders) for path, found in self.networks.items()}
         self.prompts = load_prompts(cfg.evaluate)
         self.references = []
         if cfg.dataset.train_data_dir or cfg.dataset.dataset_config:
@@ -94,28 +106,30 @@ class FileComparison:
             else ("cpu" if cfg.device == "auto" else cfg.device)
         )
         model = load_base_model(cfg.model)
-        for module in (model.unet, model.text_encoder, model.vae):
-            module.to(device)
-        pipe = StableDiffusionPipeline(
+        for module in (model.unet, model.text_encoder, model.text_encoder_2, model.vae):
+            if module is not None:
+                module.to(device)
+        # SD or SDXL: StableDiffusionXLPipeline when the model has a second text encoder.
+        pipe = build_pipeline(
             vae=model.vae,
             text_encoder=model.text_encoder,
             tokenizer=model.tokenizer,
+            text_encoder_2=model.text_encoder_2,
+            tokenizer_2=model.tokenizer_2,
             unet=model.unet,
             scheduler=model.noise_scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
         )
         resolution = cfg.dataset.resolution
         size = (ev.width or resolution[0], ev.height or resolution[-1])
-        renderer = Renderer.for_model(model, device=device, cfg=ev, default_size=size)
+
+        def make_renderer(parts: BaseModel, strength: Strength | None = None) -> Renderer:
+            return Renderer.for_model(parts, device=device, cfg=ev, default_size=size, strength=strength)
+
         scorer = build_scorer(ev, self.references, Path(cfg.paths.cache_dir) / "clip")
         jobs = plan_renders(self.prompts, list(ev.seeds), [1.0], baseline=False)
         rows, labels, results = [], [], []
         for path in self.files:
-            self._load_lora(pipe, path)
-            renders = renderer.render(jobs)
-            pipe.delete_adapters(ADAPTER)
+            renders = self._render_file(self.networks[path], model, pipe, make_renderer, jobs)
             _, scores = scorer.score([r.image for r in renders], [r.job.prompt.prompt for r in renders])
             value = objective_value(scores, ev.objective) if set(used_metrics(ev.objective)) <= set(scores) else None
             meta = self.metadata[path]
@@ -129,7 +143,26 @@ class FileComparison:
         self._write_tables(results, scorer.demo_weights)
         return results
 
-    def _load_lora(self, pipe: StableDiffusionPipeline, path: Path) -> None:
+    def _render_file(
+        self,
+        found: NetworkFile,
+        model: BaseModel,
+        pipe: DiffusionPipeline,
+        make_renderer: MakeRenderer,
+        jobs: list[RenderJob],
+    ) -> list[Render]:
+        """The file's renders; the base model is as before afterwards, whichever loader ran."""
+        if found.family in DIFFUSERS_FAMILIES:
+            self._load_lora(pipe, found.path)
+            try:
+                return make_renderer(model, None).render(jobs)
+            finally:
+                # Unload, not just delete the adapter: the next file may copy the base model's modules.
+                pipe.unload_lora_weights()
+        parts, network = apply_network(model, found)
+        return make_renderer(parts, network.strength).render(jobs)
+
+    def _load_lora(self, pipe: DiffusionPipeline, path: Path) -> None:
         quiet = logging.getLogger("diffusers.loaders.lora_base")
         level = quiet.level
         if not self.has_text_encoder[path]:  # diffusers warns that the file has no text-encoder keys: expected here
@@ -174,3 +207,36 @@ class FileComparison:
         write_bytes_atomic(self.out_dir / "scores.json", json.dumps(payload, indent=2).encode())
         self.best = best
         self.metric_names = metrics
+
+
+def inspect_files(files: list[Path]) -> dict[Path, NetworkFile]:
+    """Each file's family and network config; every unusable file named in one ConfigError."""
+    found, problems = {}, []
+    for path in files:
+        try:
+            found[path] = inspect_network_file(path, key="files")
+        except ConfigError as error:
+            problems.append(str(error).removeprefix("files: "))
+    if problems:
+        raise ConfigError("files: " + "; ".join(problems))
+    return found
+
+
+def apply_network(model: BaseModel, found: NetworkFile) -> tuple[BaseModel, Network]:
+    """The base model with fresh copies of the parts the file's network changes, that network loaded into them.
+
+    Copies, so the base model never carries one file's network into the next file's renders.
+    """
+    cfg = found.config
+    copies: dict[str, torch.nn.Module] = {}
+    if cfg.train_unet:
+        copies["unet"] = copy.deepcopy(model.unet)
+    if cfg.train_text_encoder:
+        copies["text_encoder"] = copy.deepcopy(model.text_encoder)
+        if model.text_encoder_2 is not None:
+            copies["text_encoder_2"] = copy.deepcopy(model.text_encoder_2)
+    parts = dataclasses.replace(model, **copies)
+    network = build_network(cfg)
+    network.apply(NetworkTargets.of(parts), seed=0)
+    network.load(found.path, key="files")
+    return parts, network
