@@ -123,3 +123,25 @@ def test_max_norm_bounds_every_module_and_counts_the_scaled_ones(family):
     assert stats.max_key_norm == pytest.approx(max(after.values()), rel=1e-4)
     assert stats.average_key_norm == pytest.approx(sum(after.values()) / len(after), rel=1e-4)
     assert network.apply_max_norm(limit).keys_scaled == 0  # already within bounds
+
+
+@pytest.mark.parametrize("family", ["lora", "loha"])
+def test_gradient_checkpointing_replays_the_same_dropout_masks(family):
+    """The recomputed forward must draw the same masks, or the gradients would be wrong."""
+    options = {"rank_dropout": 0.3, "module_dropout": 0.3} | ({"network_dropout": 0.3} if family == "lora" else {})
+    grads = []
+    for checkpointing in (False, True):
+        network, targets, params = applied(family_config(family, train_text_encoder=False, **options))
+        perturb(params)
+        if checkpointing:
+            targets.unet.enable_gradient_checkpointing()
+        targets.unet.train()
+        torch.manual_seed(11)
+        sample = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+        context = torch.randn(2, 5, 32, generator=torch.Generator().manual_seed(2))
+        targets.unet(sample, 10, encoder_hidden_states=context).sample.square().mean().backward()
+        # A module that module dropout skipped has no gradient at all.
+        grads.append([torch.zeros(0) if p.grad is None else p.grad.clone() for p in params["unet"]])
+    assert sum(g.numel() == 0 for g in grads[0]) > 0  # some modules were skipped
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain, atol=1e-6, rtol=1e-5)

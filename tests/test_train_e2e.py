@@ -139,8 +139,24 @@ def test_resume_from_network_weights_starts_from_saved_lora(make_run):
         ["optimizer=prodigy", "scheduler=piecewise"],
         ["train.latent_sampling=deterministic", "train.max_train_epochs=1", "train.max_train_steps=null"],
         ["model.prediction_type=v_prediction", "train.min_snr_gamma=5"],
+        ["network=dora", "network.train_text_encoder=true", "train.mixed_precision=bf16"],
+        ["network=loha", "network.rank_dropout=0.1", "network.module_dropout=0.1", "train.gradient_checkpointing=true"],
+        ["network=hypernetwork", "train.mixed_precision=bf16", "train.gradient_checkpointing=true"],
+        ["network=lokr", "network.scale_weight_norms=1.0", "train.gradient_accumulation_steps=2"],
     ],
-    ids=["bf16", "ckpt-accum", "locon-te", "adamw8bit", "prodigy-piecewise", "epochs", "vpred-minsnr"],
+    ids=[
+        "bf16",
+        "ckpt-accum",
+        "locon-te",
+        "adamw8bit",
+        "prodigy-piecewise",
+        "epochs",
+        "vpred-minsnr",
+        "dora-te-bf16",
+        "loha-dropouts-ckpt",
+        "hypernetwork-bf16-ckpt",
+        "lokr-maxnorm-accum",
+    ],
 )
 def test_training_variants_finish_with_finite_loss(make_run, overrides):
     recipe, final = run(make_run(*FAST, *overrides))

@@ -67,7 +67,8 @@ def test_prior_loss_weight_scales_the_regularization_images(make_run, tmp_path):
     def loss(batch, weight):
         recipe.cfg.train.prior_loss_weight = weight
         generator, rng = recipe.noise_generator.get_state(), recipe.rng.getstate()
-        value = float(recipe._loss(batch))
+        with torch.no_grad():
+            value = float(recipe._loss(batch))
         recipe.noise_generator.set_state(generator)
         recipe.rng.setstate(rng)
         return value

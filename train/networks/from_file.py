@@ -23,7 +23,7 @@ from train.config import NetworkConfig
 from train.errors import ConfigError, UserError
 from train.lora_format import read_lora
 from train.networks import build_network
-from train.networks.hypernetwork import WEIGHT_INITS
+from train.networks.hypernetwork import WEIGHT_INITS, read_hypernetwork_file
 
 HYPERNETWORK_SUFFIXES = (".pt", ".pth")
 TARGETS = {
@@ -270,15 +270,7 @@ def _family_options(family: str, modules: Mapping[str, Mapping[str, torch.Tensor
 
 # ----------------------------------------------------------- A1111 hypernetwork files
 def _hypernetwork_file(path: Path, fail: Fail) -> NetworkFile:
-    if not path.is_file():
-        fail("no such file")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # pickle, zip and weights_only errors alike
-        fail(f"not a hypernetwork file: torch.load(weights_only=True) fails on it ({type(error).__name__})")
-    widths = sorted(k for k in data if type(k) is int) if isinstance(data, dict) else []
-    if not widths:
-        fail("not a hypernetwork file (no width keys)")
+    data, widths = read_hypernetwork_file(path, fail)
     options = _hypernetwork_options(data, widths, fail)
     config = _network_config(fail, name="hypernetwork", train_text_encoder=False, module=options)
     return NetworkFile(path=path, family="hypernetwork", config=config, metadata=_hypernetwork_metadata(data))

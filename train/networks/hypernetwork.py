@@ -99,6 +99,20 @@ class ContextHook:
         return (self.module(context.to(dtype)).to(context.dtype), *args[1:])
 
 
+def read_hypernetwork_file(path: str | os.PathLike, fail: Fail) -> tuple[dict, list[int]]:
+    """An A1111 hypernetwork file (never unpickled beyond weights_only) and its context widths."""
+    if not Path(path).is_file():
+        fail("no such file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights_only errors alike
+        fail(f"not a hypernetwork file: torch.load(weights_only=True) fails on it ({type(error).__name__})")
+    widths = sorted(k for k in data if type(k) is int) if isinstance(data, dict) else []
+    if not widths:
+        fail("not a hypernetwork file (no width keys)")
+    return data, widths
+
+
 def _flag(key: str, value: Any) -> bool:
     if not isinstance(value, bool):
         _bad(key, f"must be true or false, got {value!r}")
@@ -245,15 +259,7 @@ class Hypernetwork(Network):
         def fail(problem: str) -> NoReturn:
             raise ConfigError(f"{key}: {path}: {problem}")
 
-        if not Path(path).is_file():
-            fail("no such file")
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # pickle, zip and weights_only errors alike
-            fail(f"not a hypernetwork file: torch.load(weights_only=True) fails on it ({type(error).__name__})")
-        widths = sorted(k for k in data if type(k) is int) if isinstance(data, dict) else []
-        if not widths:
-            fail("not a hypernetwork file (no width keys)")
+        data, widths = read_hypernetwork_file(path, fail)
         if widths != sorted(int(w) for w in layers):
             fail(f"it has modules for widths {widths}, this U-Net's hypernetwork for {sorted(map(int, layers))}")
         try:
