@@ -75,3 +75,15 @@ def run_stats(recipe) -> dict[str, object]:
         "train_seconds": round(elapsed, 3),
         "steps_per_second": round(steps / elapsed, 3) if elapsed > 0 else None,
     }
+
+
+def describe_plan(recipe) -> str:
+    """One log line on what the run will do: images, repeats, buckets, steps, trainable parameters."""
+    records = recipe.records
+    return (
+        f"{len(records)} images, {data.count_samples_with_repeats(records)} samples per epoch with repeats, "
+        f"{len({(r.dataset_index, r.bucket) for r in records})} buckets; {recipe.steps_per_epoch} optimizer "
+        f"steps per epoch, {recipe.total_steps} in total; "
+        f"{sum(p.numel() for group in recipe.trainable.values() for p in group)} trainable "
+        f"{recipe.network.family} parameters on {recipe.device}"
+    )

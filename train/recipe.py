@@ -35,7 +35,7 @@ from train.config import RunConfig
 from train.data.split import split_validation
 from train.errors import ConfigError
 from train.loss import per_sample_loss
-from train.metadata import run_stats, training_metadata
+from train.metadata import describe_plan, run_stats, training_metadata
 from train.models.conditioning import TextConditioning, UNetConditioning, batch_time_ids, encode_captions
 from train.models.loading import BaseModel, ensure_model_available, load_base_model
 from train.networks import NetworkTargets, build_network
@@ -190,17 +190,7 @@ class LoRATrainingRecipe:
             limits.append(cfg.train.max_train_epochs * self.steps_per_epoch)
         self.total_steps = min(limits)
         self.lr_scheduler = schedulers.build_scheduler(cfg.scheduler, self.optimizer, self.total_steps)
-        log.info(
-            "%d images, %d samples per epoch with repeats, %d buckets; %d optimizer steps per epoch, %d in total; "
-            "%d trainable LoRA parameters on %s",
-            len(self.records),
-            data.count_samples_with_repeats(self.records),
-            len({(r.dataset_index, r.bucket) for r in self.records}),
-            self.steps_per_epoch,
-            self.total_steps,
-            sum(p.numel() for group in self.trainable.values() for p in group),
-            self.device,
-        )
+        log.info(describe_plan(self))
         prepared = self.accelerator.prepare(*self.trained_modules, self.optimizer, self.lr_scheduler)
         self.optimizer, self.lr_scheduler = prepared[-2], prepared[-1]
 
@@ -264,8 +254,7 @@ class LoRATrainingRecipe:
         params = [p for group in self.trainable.values() for p in group]
         batch_sizes = [b.batch_size for b in self.blueprints]
         self.started_at = time.time()
-        # The dropouts draw from the global RNG (as kohya's, and so gradient checkpointing can
-        # replay them); seeded here, after every setup step that draws from it (demo CLIP init...).
+        # Dropouts draw from the global RNG (checkpointing replays it): seeded after setup's own draws.
         torch.manual_seed(cfg.train.seed)
         self.final_step, self.final_epoch = 0, 0
         step, epoch = 0, 0
@@ -378,9 +367,7 @@ class LoRATrainingRecipe:
             captions = [self.caption_processors[r.subset](r.caption, self.rng, epoch=epoch + 1) for r in batch]
         else:
             captions = [r.caption for r in batch]
-        if self.trainable["text_encoder"]:
-            return self._encode_text(captions)
-        with torch.no_grad():
+        with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.trainable["text_encoder"])):
             return self._encode_text(captions)
 
     def _encode_text(self, captions: list[str]) -> TextConditioning:
