@@ -42,7 +42,7 @@ def main(cfg: DictConfig) -> str | None:
         # A user error is one message, never a traceback.
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    log.info("LoRA saved to %s", final)
+    log.info("network saved to %s", final)
     return str(final)
 
 
