@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from sweeper.search_space import display_params
+
 STATE_STYLE = {"COMPLETE": "green", "PRUNED": "yellow", "FAIL": "red", "RUNNING": "cyan", "WAITING": "dim"}
 
 
@@ -30,7 +32,7 @@ def trials_table(study: optuna.Study, running: dict | None = None, max_rows: int
         state = t.state.name
         live = running.get(t.number)
         value = "-" if t.values is None else ", ".join(_fmt(v) for v in t.values)
-        params = " ".join(f"{k}={_fmt(v)}" for k, v in (live.values if live else t.params).items())
+        params = " ".join(f"{k}={_fmt(v)}" for k, v in (live.values if live else display_params(t.params)).items())
         reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""
         table.add_row(
             str(t.number),
@@ -72,7 +74,7 @@ class LiveTable:
             return
         if len(self.study.directions) == 1:
             best = self.study.best_trial
-            params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+            params = ", ".join(f"{k}={_fmt(v)}" for k, v in display_params(best.params).items())
             self.console.print(f"[bold green]best trial {best.number}[/]: value {_fmt(best.value)} ({params})")
             self.console.print(f"  run dir: {best.user_attrs.get('run_dir')}")
         else:

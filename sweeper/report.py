@@ -25,6 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from evaluate.grid import make_grid
 from sweeper.locate import StudyRef
 from sweeper.registry import Registry
+from sweeper.search_space import display_params
 from sweeper.selection import trial_metrics
 from train.atomic import write_bytes_atomic
 
@@ -79,7 +80,7 @@ def leaderboard(ref: StudyRef) -> Leaderboard:
     study = ref.study
     trials = study.get_trials(deepcopy=False)
     names = objective_names(ref)
-    params = sorted({k for t in trials for k in t.params})
+    params = sorted({k for t in trials for k in display_params(t.params)})
     scores = sorted({k for t in trials for k in (t.user_attrs.get("best") or {}).get("scores", {}) if "@" not in k})
     board = Leaderboard(["#", "state", *names, *params, *scores, "best step", "time s", "reason"])
     rank = {t.number: i for i, t in enumerate(ranked_trials(study))}
@@ -88,7 +89,7 @@ def leaderboard(ref: StudyRef) -> Leaderboard:
         values = list(t.values) if t.values is not None else [None] * len(names)
         seconds = t.duration.total_seconds() if t.duration else None
         reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""
-        raw = [t.number, t.state.name, *values, *(t.params.get(p) for p in params)]
+        raw = [t.number, t.state.name, *values, *(display_params(t.params).get(p) for p in params)]
         raw += [best.get("scores", {}).get(s) for s in scores] + [best.get("step"), seconds, reason]
         board.rows.append({"state": t.state.name, "cells": [(_fmt(v), _sort_key(v)) for v in raw]})
     return board
@@ -185,7 +186,7 @@ def problem_trials(study: optuna.Study) -> list[dict]:
     rows = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL, TrialState.PRUNED)):
         reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or "(no reason recorded)"
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in display_params(t.params).items())
         rows.append({"number": t.number, "state": t.state.name, "reason": reason, "params": params})
     return rows
 
@@ -218,7 +219,7 @@ def render_report(ref: StudyRef, out: Path | None = None, top: int = 4) -> Path:
         demo=demo,
         best=best,
         best_values=", ".join(f"{n} {v:.4g}" for n, v in zip(names, best.values, strict=True)) if best else "",
-        best_params=best.params if best else {},
+        best_params=display_params(best.params) if best else {},
         best_scores=trial_metrics(best, ref.cfg.objectives) if best else {},
         best_record=best_record,
         best_grid=_file_data_uri(best_record.get("grid")),

@@ -136,6 +136,11 @@ def is_virtual(key: str) -> bool:
     return key.startswith("_")
 
 
+def display_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's params by config key: "network.dim|network=lora/dora" reads as network.dim (for people)."""
+    return {name.partition("|")[0]: value for name, value in params.items()}
+
+
 def same_value(a: Any, b: Any) -> bool:
     """Loose equality for `when`: numbers by value, anything else by its override text."""
     numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b))

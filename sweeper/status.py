@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sweeper.live_table import STATE_STYLE, _fmt
+from sweeper.search_space import display_params
 
 
 def _duration(trial: FrozenTrial) -> str:
@@ -35,7 +36,7 @@ def status_table(study: optuna.Study) -> Table:
             "-" if t.values is None else ", ".join(_fmt(v) for v in t.values),
             str(best.get("step", "")),
             _duration(t),
-            " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items()),
+            " ".join(f"{k}={_fmt(v)}" for k, v in display_params(t.params).items()),
             _reason(t),
         )
     return table
@@ -48,7 +49,7 @@ def summary_lines(study: optuna.Study) -> list[str]:
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if complete and len(study.directions) == 1:
         best = study.best_trial
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items())
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in display_params(best.params).items())
         lines.append(f"best trial {best.number}: value {_fmt(best.value)} ({params})")
     elif complete:
         lines.append(f"Pareto front: trials {sorted(t.number for t in study.best_trials)}")

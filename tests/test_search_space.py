@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeper.config import ConditionalSpace
-from sweeper.search_space import check_enqueue, distribution_from_override, parse_search_space
+from sweeper.search_space import check_enqueue, display_params, distribution_from_override, parse_search_space
 from train.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -253,3 +253,18 @@ def test_check_enqueue_errors(entry, problem):
     check_enqueue(space, [{"optimizer": "lion", "lr": 1e-4, "steps": 4, "seed": 1}])
     with pytest.raises(ConfigError, match=rf"hydra\.sweeper\.enqueue{problem}"):
         check_enqueue(space, [entry])
+
+
+def test_params_read_by_config_key_for_people():
+    space = parse_search_space(
+        {"network": "choice(lora,loha)"},
+        [
+            {"when": {"network": ["lora"]}, "params": {"network.dim": "choice(4,8)"}},
+            {"when": {"network": ["loha"]}, "params": {"network.dim": "choice(8,16)"}},
+        ],
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    trial = study.ask()
+    values = space.sample(trial)
+    assert any("|" in name for name in trial.params)  # one Optuna name per block...
+    assert display_params(trial.params) == values  # ...shown as the config key it sets

@@ -29,6 +29,8 @@ def test_the_network_sweep_trains_each_family_in_one_study(tiny_model_dir, tmp_p
     ]
     result = run_sweep(args, tmp_path, tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
+    best_line = next(line for line in result.stderr.splitlines() if "best trial" in line)
+    assert "network=" in best_line and "|" not in best_line  # params by config key, not Optuna's block names
     trials = load(sweep_dir, "network").trials
     assert [t.params["network"] for t in trials] == families
     assert all(t.state == TrialState.COMPLETE and t.value is not None for t in trials)
