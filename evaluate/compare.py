@@ -38,8 +38,10 @@ from train.models.loading import BaseModel, ensure_model_available, load_base_mo
 from train.networks import Network, NetworkTargets, build_network
 from train.networks.from_file import NetworkFile, inspect_network_file
 
+# The Renderer sets strengths on this adapter name, as in training.
+from train.networks.peft_network import ADAPTER
+
 log = logging.getLogger(__name__)
-ADAPTER = "default"  # the Renderer sets strengths on this adapter name, as in training
 # A folder stands for its network files: kohya/LyCORIS .safetensors and A1111 hypernetwork .pt.
 FILE_PATTERNS = ("*.safetensors", "*.pt")
 # Families diffusers' load_lora_weights reads in full; the others get our own network.

@@ -21,28 +21,13 @@ class PromptEmbeds:
 
 
 def build_pipeline(*, unet, vae, text_encoder, tokenizer, scheduler, text_encoder_2=None, tokenizer_2=None):
+    parts = {"vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
     if text_encoder_2 is None:
-        pipeline = StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            unet=unet,
-            scheduler=scheduler,
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+        no_checker = {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        pipeline = StableDiffusionPipeline(**parts, **no_checker)
     else:
-        pipeline = StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
-            unet=unet,
-            scheduler=scheduler,
-            add_watermarker=False,
-        )
+        sdxl = {"text_encoder_2": text_encoder_2, "tokenizer_2": tokenizer_2, "add_watermarker": False}
+        pipeline = StableDiffusionXLPipeline(**parts, **sdxl)
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 

@@ -134,7 +134,6 @@ class LoRATrainingRecipe:
             module.to(self.device, **cast)
         # The network's own weights stay fp32 whatever dtype the frozen base runs in.
         trainable = self.network.apply(NetworkTargets.of(model), seed=cfg.train.seed)
-        model.unet.to(self.device)  # modules a family adds on the CPU follow the U-Net
         if cfg.train.network_weights:
             self.network.load(cfg.train.network_weights)
         trained_encoders = encoders if trainable["text_encoder"] else []

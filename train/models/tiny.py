@@ -136,36 +136,28 @@ def _build_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
     )
 
 
-def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    config = CLIPTextConfig(
+def _text_config(tokenizer: CLIPTokenizer, hidden_size: int, intermediate_size: int, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=TEXT_HIDDEN_SIZE,
-        intermediate_size=64,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
         num_hidden_layers=2,
         num_attention_heads=4,
         max_position_embeddings=MAX_TOKENS,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        **extra,
     )
-    return CLIPTextModel(config)
+
+
+def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    return CLIPTextModel(_text_config(tokenizer, TEXT_HIDDEN_SIZE, 64))
 
 
 def _build_text_encoder_2(tokenizer: CLIPTokenizer) -> CLIPTextModelWithProjection:
     """SDXL's second encoder: OpenCLIP-style (gelu) with a projection that gives the pooled embedding."""
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=TEXT2_HIDDEN_SIZE,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        projection_dim=TEXT2_PROJECTION_DIM,
-        hidden_act="gelu",
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = _text_config(tokenizer, TEXT2_HIDDEN_SIZE, 96, projection_dim=TEXT2_PROJECTION_DIM, hidden_act="gelu")
     return CLIPTextModelWithProjection(config)
 
 

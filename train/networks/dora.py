@@ -18,7 +18,8 @@ import torch
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
-ADAPTER = "default"
+from train.networks.peft_network import ADAPTER
+
 MAGNITUDE = "dora_magnitude"
 
 
@@ -61,7 +62,7 @@ class InputAxisDoRA:
             return None
         x = args[0]
         scale = self.column_scale(layer)
-        if x.dim() == 4 and layer.get_base_layer().weight.dim() == 4:
+        if layer.get_base_layer().weight.dim() == 4:  # conv: one scale per input channel
             scale = scale.view(1, -1, 1, 1)
         if self.multiplier != 1.0:
             self._inputs[id(layer)] = x
@@ -75,7 +76,7 @@ class InputAxisDoRA:
         return self.multiplier * output + (1.0 - self.multiplier) * layer.get_base_layer()(x)
 
     @contextlib.contextmanager
-    def strength(self, layers: list[LoraLayer], multiplier: float | None, lora_strength: Callable) -> Iterator[None]:
+    def strength(self, multiplier: float | None, lora_strength: Callable) -> Iterator[None]:
         if multiplier is None:
             with lora_strength(None):
                 yield

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from peft.tuners.lora import LoraLayer
 
-ADAPTER = "default"
+from train.networks.peft_network import ADAPTER
 
 
 def drop_ranks(down_output: torch.Tensor, p: float) -> torch.Tensor:

@@ -141,4 +141,4 @@ class DoRA(LoRA):
         magnitude.copy_(scale.reshape(magnitude.shape).to(magnitude.dtype))
 
     def strength(self, multiplier: float | None):
-        return self.dora.strength(list(self.layers.values()), multiplier, super().strength)
+        return self.dora.strength(multiplier, super().strength)

@@ -21,7 +21,7 @@ from torch import nn
 from train.errors import ConfigError, UserError
 from train.lora_format import build_metadata, read_lora, save_lora
 from train.networks.base import WEIGHTS_KEY, MaxNormStats, Network, NetworkTargets, forked_seed, freeze
-from train.networks.names import canonical_module_name, named_layers
+from train.networks.names import UNET_PREFIX, canonical_module_name, named_layers
 
 ADAPTER = "default"
 
@@ -167,8 +167,7 @@ class PeftNetwork(Network):
         self.layers = named_layers(targets, tuner_layers)
         self.after_apply(self.layers)
         params: dict[str, list[nn.Parameter]] = {"unet": [], "text_encoder": []}
-        unet_layers = {id(layer) for layer in tuner_layers(targets.unet).values()}
-        for layer in self.layers.values():
+        for name, layer in self.layers.items():
             adapter = adapter_parameters(layer)
             for param in adapter:
                 param.data = param.data.to(torch.float32)  # train in fp32 even over a bf16/fp16 base, as kohya does
@@ -176,17 +175,16 @@ class PeftNetwork(Network):
             trainable = self.trainable_parameters(layer)
             for param in trainable:
                 param.requires_grad_(True)
-            params["unet" if id(layer) in unet_layers else "text_encoder"].extend(trainable)
+            params["unet" if name.startswith(UNET_PREFIX) else "text_encoder"].extend(trainable)
         return params
 
     # ------------------------------------------------------------ file I/O
-    def state_dict(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-        """The trained network as the file's tensors, keys sorted; ``dtype`` None keeps fp32."""
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained network as the file's tensors (fp32, on the CPU), keys sorted."""
         tensors = {}
         for name, layer in self.layers.items():
             for suffix, tensor in self.layer_tensors(layer).items():
-                tensor = tensor.detach().to("cpu", dtype=dtype or tensor.dtype)
-                tensors[f"{name}.{suffix}"] = tensor.contiguous().clone()
+                tensors[f"{name}.{suffix}"] = tensor.detach().to("cpu").contiguous().clone()
         return dict(sorted(tensors.items()))
 
     def metadata(self) -> dict[str, object]:
