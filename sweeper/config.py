@@ -29,6 +29,18 @@ class FaultInjection:
 
 
 @dataclass
+class SyntheticTrial:
+    # For tests and bench/ that measure the sweep machinery: each trial sleeps `seconds` in `steps`
+    # reports of a value computed from its params instead of training. Named as such wherever used.
+    seconds: float = 1.0
+    steps: int = 4
+
+    def __post_init__(self) -> None:
+        _require(self.seconds >= 0, "synthetic_trial.seconds", f"must be >= 0, got {self.seconds}")
+        _require(self.steps >= 1, "synthetic_trial.steps", f"must be >= 1, got {self.steps}")
+
+
+@dataclass
 class PromoteConfig:
     """How ``python -m sweeper promote`` picks one trial and where it puts the file."""
 
@@ -87,6 +99,8 @@ class SweeperConfig:
     # Known-good configurations to run first: a list of {key: value}.
     enqueue: list[dict[str, Any]] = field(default_factory=list)
     fault_injection: list[FaultInjection] = field(default_factory=list)
+    # {seconds, steps} (see SyntheticTrial); a plain mapping, so `hydra.sweeper.synthetic_trial={...}` can set it.
+    synthetic_trial: Any = None
     # Seconds without a heartbeat before a RUNNING trial counts as dead (stale-trial check).
     heartbeat_interval: int = 10
     grace_period: int = 30
@@ -109,3 +123,9 @@ class SweeperConfig:
             )
         _require(self.timeout is None or self.timeout > 0, "timeout", "must be > 0 or null")
         _require(self.gpu_hours is None or self.gpu_hours > 0, "gpu_hours", "must be > 0 or null")
+        if self.synthetic_trial is not None and not isinstance(self.synthetic_trial, SyntheticTrial):
+            spec = self.synthetic_trial
+            _require(isinstance(spec, dict), "synthetic_trial", "must be null or {seconds: S, steps: N}")
+            unknown = sorted(set(spec) - {"seconds", "steps"})
+            _require(not unknown, "synthetic_trial", f"unknown key(s) {unknown}; it takes seconds and steps")
+            self.synthetic_trial = SyntheticTrial(**spec)

@@ -8,6 +8,7 @@ no finished trial, and re-running the same command resumes the study.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -157,6 +158,7 @@ class SweepController:
             fault=self._fault_for(number),
             objective_metrics=list(self.cfg.objectives) if self.multi_objective else None,
             pruner=dict(self.cfg.pruner) if self.cfg.pruner else None,
+            synthetic=dataclasses.asdict(self.cfg.synthetic_trial) if self.cfg.synthetic_trial else None,
         )
 
     def _may_start(self, started: float) -> bool:

@@ -48,6 +48,7 @@ class TrialJob:
     fault: dict | None = None  # {"kind": "oom" | "exit" | "nan" | "error", "at_step": k}
     objective_metrics: list[str] | None = None  # multi-objective: these scores of the best evaluation
     pruner: dict | None = None  # hydra.sweeper.pruner (_target_ spec): pruners are not in the storage
+    synthetic: dict | None = None  # hydra.sweeper.synthetic_trial: sleep and report instead of training
 
 
 @dataclass
@@ -159,6 +160,10 @@ class FaultInjector:
         if self.kind == "exit":
             os.kill(os.getpid(), signal.SIGKILL)
         if self.kind == "nan":
+            if recipe is None:  # a synthetic trial: the same outcome the recipe's divergence check gives
+                from train.recipe import TrainingDiverged
+
+                raise TrainingDiverged(f"loss is nan at step {step} (injected)")
             # A NaN weight makes the next loss NaN: the recipe's own divergence check fires.
             param = next(p for group in recipe.trainable.values() for p in group)
             with torch.no_grad():
@@ -310,5 +315,11 @@ def worker_main(slot_index: int, device_env: str | None, conn, threads: int | No
         if job is None:
             break
         conn.send(("started", job.trial_number, os.getpid()))
-        outcome = run_trial(job, base_models, _ProgressSender(conn, job.trial_number, parent_pid))
+        progress = _ProgressSender(conn, job.trial_number, parent_pid)
+        if job.synthetic is not None:
+            from sweeper.synthetic import run_synthetic_trial
+
+            outcome = run_synthetic_trial(job, progress)
+        else:
+            outcome = run_trial(job, base_models, progress)
         conn.send(("done", outcome))
