@@ -261,9 +261,9 @@ def sample_overrides(space, n: int, seed: int) -> list[list[str]]:
 def new_study(url: str, name: str):
     import optuna
 
-    from sweeper.worker import open_storage
+    from sweeper.storage import make_storage
 
-    return optuna.create_study(storage=open_storage(url), study_name=name, direction="minimize")
+    return optuna.create_study(storage=make_storage(url, Path(".")), study_name=name, direction="minimize")
 
 
 def warm_up(args, work: Path, base: list[str], log_path: Path) -> None:

@@ -80,7 +80,6 @@ class SweepController:
             self.sweep_dir,
             heartbeat_interval=cfg.heartbeat_interval,
             grace_period=cfg.grace_period,
-            max_retries=cfg.max_retries,
         )
         self._check_trial_config()
         self.study = create_study(cfg, self.storage)
@@ -159,6 +158,8 @@ class SweepController:
             objective_metrics=list(self.cfg.objectives) if self.multi_objective else None,
             pruner=dict(self.cfg.pruner) if self.cfg.pruner else None,
             synthetic=dataclasses.asdict(self.cfg.synthetic_trial) if self.cfg.synthetic_trial else None,
+            heartbeat_interval=self.cfg.heartbeat_interval,
+            grace_period=self.cfg.grace_period,
         )
 
     def _may_start(self, started: float) -> bool:

@@ -124,16 +124,42 @@ def _rdb(url: str, **kwargs) -> RDBStorage:
         engine_kwargs["connect_args"] = {"timeout": 60}
     elif scheme in SERVER_SCHEMES:
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
+    resolved = _with_installed_driver(url)
     try:
-        with warnings.catch_warnings():
+        # Creating the tables of a fresh database is not safe to race: controllers started together take turns.
+        with _schema_lock(resolved, engine_kwargs), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(_with_installed_driver(url), engine_kwargs=engine_kwargs, **kwargs)
+            return RDBStorage(resolved, engine_kwargs=engine_kwargs, **kwargs)
     except ImportError:
         todo = DRIVERS.get(scheme, DRIVERS.get(scheme.split("+")[0], "Install the database driver"))
         raise _fail(url, "the database driver is not installed", todo + ".") from None
     except (sqlalchemy.exc.SQLAlchemyError, ValueError) as exc:
         problem = f"cannot open the database: {_error_text(url, exc)}"
+        if scheme == "sqlite":
+            raise _fail(url, problem, "Check that the file is an Optuna SQLite database you may write.") from None
         raise _fail(url, problem, "Check host, port, user, password and that the database exists.") from None
+
+
+@contextmanager
+def _schema_lock(url: str, engine_kwargs: dict) -> Iterator[None]:
+    """The storage-wide lock under which a fresh database gets its tables: a file lock or the server's own."""
+    name = "lora-sweeper:schema"
+    parsed = sqlalchemy.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        if not database or database == ":memory:":
+            yield
+            return
+        with _file_lock(Path(database + LOCK_SUFFIX)):
+            yield
+        return
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        lock = _postgres_lock if engine.dialect.name == "postgresql" else _mysql_lock
+        with lock(engine, name):
+            yield
+    finally:
+        engine.dispose()
 
 
 def _check_timing(heartbeat_interval: int, grace_period: int) -> None:
@@ -153,17 +179,15 @@ def make_storage(
     *,
     heartbeat_interval: int = 10,
     grace_period: int = 30,
-    max_retries: int = 0,
 ) -> BaseStorage:
     """Build and connect the storage named by ``url``; any user mistake is one ConfigError.
 
-    ``max_retries`` is accepted for the caller's convenience but not wired into
-    Optuna's RetryFailedTrialCallback: that callback copies the dead trial's
-    user attrs into its retry and would re-queue a second time next to
-    ``recover_stale_trials``, which re-queues stale trials on every storage.
-    Failed (not stale) trials are retried by the controller.
+    The one way this project opens a study storage: the controller, every
+    worker and the ``python -m sweeper`` commands all come through here, so a
+    URL that works for one works for all (a bare ``postgresql://`` takes the
+    installed driver everywhere). Optuna's RetryFailedTrialCallback is not
+    wired in: it would re-queue a second time next to ``recover_stale_trials``.
     """
-    del max_retries
     _check_timing(heartbeat_interval, grace_period)
     if url is None:
         sweep_dir = Path(sweep_dir)

@@ -49,6 +49,8 @@ class TrialJob:
     objective_metrics: list[str] | None = None  # multi-objective: these scores of the best evaluation
     pruner: dict | None = None  # hydra.sweeper.pruner (_target_ spec): pruners are not in the storage
     synthetic: dict | None = None  # hydra.sweeper.synthetic_trial: sleep and report instead of training
+    heartbeat_interval: int = 10  # the storage settings the controller opened it with
+    grace_period: int = 30
 
 
 @dataclass
@@ -85,23 +87,12 @@ def best_record(recipe) -> dict | None:
     }
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """The study storage a worker opens for itself; the controller has already checked the URL."""
-    from optuna.storages import journal
-
-    if url.startswith("journal://") or ("://" not in url and url.endswith(".log")):
-        return journal.JournalStorage(journal.JournalFileBackend(url.removeprefix("journal://")))
-    if url.startswith(("redis://", "rediss://")):
-        return journal.JournalStorage(journal.JournalRedisBackend(url))
-    # The controller and the other workers write the same SQLite file: wait for its lock, do not fail.
-    connect_args = {"timeout": 60} if url.startswith("sqlite") else {}
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True, "connect_args": connect_args})
-
-
 @lru_cache(maxsize=4)
-def _cached_storage(url: str) -> optuna.storages.BaseStorage:
-    # One connection pool / journal replay per worker, not one per trial.
-    return open_storage(url)
+def _cached_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.BaseStorage:
+    from sweeper.storage import make_storage
+
+    # The controller's own opening function, so every URL form works here too; once per worker, not per trial.
+    return make_storage(url, Path("."), heartbeat_interval=heartbeat_interval, grace_period=grace_period)
 
 
 def open_study(job: TrialJob) -> optuna.Study:
@@ -109,7 +100,7 @@ def open_study(job: TrialJob) -> optuna.Study:
 
     # Prune decisions are made here, by this pruner, on the values in the storage. None: Optuna's default.
     pruner = instantiate(job.pruner) if job.pruner else None
-    storage = _cached_storage(job.storage_url)
+    storage = _cached_storage(job.storage_url, job.heartbeat_interval, job.grace_period)
     return optuna.load_study(study_name=job.study_name, storage=storage, pruner=pruner)
 
 

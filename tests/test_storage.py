@@ -154,3 +154,85 @@ def test_file_lock_sits_beside_the_storage_file(tmp_path):
         assert (tmp_path / "s.log.sweep-lock").exists()
     with study_lock(storage, "s", tmp_path / "explicit.lock"):
         assert (tmp_path / "explicit.lock").exists()
+
+
+# ------------------------------------------------------------------ the same storage in every process
+def _bare(url: str, scheme: str) -> str:
+    return make_url(url).set(drivername=scheme).render_as_string(hide_password=False)
+
+
+@pytest.mark.parametrize(
+    "form", ["postgresql", "postgresql+psycopg2", "mysql", "mysql+pymysql", "sqlite", "journal", "redis"]
+)
+def test_workers_open_every_url_form_the_controller_opens(tmp_path, form):
+    """A user's URL as written (bare postgresql:// too): the controller's study is the one each worker reports to."""
+    from sweeper.worker import TrialJob, open_study
+    from tests.services import mysql_url
+
+    url = {
+        "postgresql": lambda: _bare(postgres_url(), "postgresql"),
+        "postgresql+psycopg2": postgres_url,
+        "mysql": lambda: _bare(mysql_url(), "mysql"),
+        "mysql+pymysql": mysql_url,
+        "sqlite": lambda: f"sqlite:///{tmp_path / 'optuna.db'}",
+        "journal": lambda: f"journal:///{tmp_path / 'study.log'}",
+        "redis": redis_url,
+    }[form]()
+    storage = make_storage(url, tmp_path, heartbeat_interval=5, grace_period=12)
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    study = create_study(SweeperConfig(study_name=name), storage)
+    try:
+        trial = study.ask()
+        job = TrialJob(trial.number, trial._trial_id, name, url, [], str(tmp_path / "0"), str(tmp_path))
+        optuna.trial.Trial(open_study(job), trial._trial_id).report(0.5, step=1)
+        assert study.trials[0].intermediate_values == {1: 0.5}
+    finally:
+        optuna.delete_study(study_name=name, storage=storage)
+
+
+def _first_open(url: str, barrier, results) -> None:
+    import warnings
+    from pathlib import Path
+
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    barrier.wait()
+    try:
+        create_study(SweeperConfig(study_name="same"), make_storage(url, Path(".")))
+        results.put("ok")
+    except Exception as exc:  # reported to the test, which names it
+        results.put(f"{type(exc).__name__}: {exc}")
+
+
+def _open_at_once(url: str, processes: int = 4) -> list[str]:
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_first_open, args=(url, barrier, results)) for _ in range(processes)]
+    for proc in procs:
+        proc.start()
+    got = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+    return [g for g in got if g != "ok"]
+
+
+def test_controllers_opening_a_fresh_sqlite_file_at_once(tmp_path):
+    for attempt in range(3):  # the race needs the same instant; three fresh files make it near certain
+        assert _open_at_once(f"sqlite:///{tmp_path / f'fresh{attempt}.db'}") == []
+
+
+def test_controllers_opening_a_fresh_postgresql_database_at_once():
+    import psycopg2
+
+    base = make_url(postgres_url())
+    name = f"fresh_{uuid.uuid4().hex[:10]}"
+    admin = psycopg2.connect(host=base.host, port=base.port, user=base.username, dbname=base.database)
+    admin.autocommit = True
+    try:
+        admin.cursor().execute(f"CREATE DATABASE {name}")
+        assert _open_at_once(base.set(database=name).render_as_string(hide_password=False)) == []
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
