@@ -150,7 +150,7 @@ def _schema_lock(url: str, engine_kwargs: dict) -> Iterator[None]:
         if not database or database == ":memory:":
             yield
             return
-        with _file_lock(Path(database + LOCK_SUFFIX)):
+        with _file_lock(Path(database + SCHEMA_LOCK_SUFFIX)):  # not the study lock: a study may hold that
             yield
         return
     engine = sqlalchemy.create_engine(url, **engine_kwargs)
@@ -215,6 +215,7 @@ def make_storage(
 # the lock lives where the storage lives: a database lock on the same server,
 # a Redis lock on the same Redis, a file lock beside the storage file.
 LOCK_SUFFIX = ".sweep-lock"  # not ".lock": the journal's own symlink lock uses that name
+SCHEMA_LOCK_SUFFIX = ".schema-lock"
 _PROCESS_LOCK = threading.RLock()  # in-memory storages live in one process
 
 

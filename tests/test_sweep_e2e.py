@@ -16,6 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+from sweeper.storage import make_storage
 from tests.sweeps import counted, load, run_sweep, start_sweep, sweep_args
 
 pytestmark = pytest.mark.slow
@@ -99,9 +100,12 @@ def test_killed_controller_loses_nothing_and_the_same_command_resumes(tiny_model
 
 
 def test_two_controllers_share_one_postgresql_study(tiny_model_dir, tmp_path):
+    from sqlalchemy.engine import make_url
+
     from tests.services import postgres_url
 
-    url = postgres_url()
+    # The README's form: a bare postgresql:// URL, whichever driver is installed (controller and workers alike).
+    url = make_url(postgres_url()).set(drivername="postgresql").render_as_string(hide_password=False)
     name = f"two-hosts-{uuid.uuid4().hex[:8]}"
     procs = [
         start_sweep(
@@ -124,7 +128,8 @@ def test_two_controllers_share_one_postgresql_study(tiny_model_dir, tmp_path):
     for proc in procs:
         out, err = proc.communicate(timeout=400)
         assert proc.returncode == 0, err[-3000:]
-    study = optuna.load_study(study_name=name, storage=url)
+    storage = make_storage(url, tmp_path)
+    study = optuna.load_study(study_name=name, storage=storage)
     try:
         trials = study.get_trials()
         assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials)
@@ -134,7 +139,7 @@ def test_two_controllers_share_one_postgresql_study(tiny_model_dir, tmp_path):
         assert hosts == {"host0", "host1"}  # both controllers took trials
         assert not any("storage" in o for t in trials for o in t.user_attrs["overrides"])  # hydra.* stays out
     finally:
-        optuna.delete_study(study_name=name, storage=url)
+        optuna.delete_study(study_name=name, storage=storage)
 
 
 def test_bad_search_space_stops_before_any_trial(tiny_model_dir, tmp_path):
