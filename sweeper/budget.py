@@ -8,7 +8,9 @@ lock beside the storage file), so two hosts can never both take the last slot.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import optuna
 from optuna.storages import BaseStorage
@@ -17,12 +19,15 @@ from optuna.trial import FrozenTrial, TrialState
 from sweeper.storage import study_lock
 from sweeper.study import touch_heartbeat
 
+T = TypeVar("T")
+
 
 def counts_against_budget(trial: FrozenTrial) -> bool:
-    """WAITING trials have not run yet, and a FAIL that was re-queued is paid for by its retry."""
+    """WAITING trials have not run yet; a FAIL that was re-queued is paid for by its retry; a skipped draw never ran."""
     if trial.state == TrialState.WAITING:
         return False
-    return not (trial.state == TrialState.FAIL and trial.user_attrs.get("requeued"))
+    skipped = trial.user_attrs.get("requeued") or trial.user_attrs.get("skipped")
+    return not (trial.state == TrialState.FAIL and skipped)
 
 
 class TrialBudget:
@@ -39,8 +44,13 @@ class TrialBudget:
     def remaining(self) -> int:
         return max(0, self.n_trials - self.used())
 
-    def ask(self) -> optuna.Trial | None:
-        """A RUNNING trial (enqueued ones first), or None once the study's budget is spent."""
+    def ask(self, prepare: Callable[[optuna.Trial], T] | None = None) -> optuna.Trial | T | None:
+        """A RUNNING trial (enqueued ones first), or None once the study's budget is spent.
+
+        ``prepare(trial)`` runs under the same lock and its result is returned
+        instead: params sampled there are in the storage before any other
+        controller asks, so a check for identical trials sees them all.
+        """
         with study_lock(self.storage, self.study.study_name, self.lock_path):
             if self.used() >= self.n_trials:
                 return None
@@ -48,6 +58,6 @@ class TrialBudget:
                 # Optuna expects heartbeats with optimize(); ours come from sweeper.study.Heartbeat.
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
                 trial = self.study.ask()
-            # At once: a trial without a heartbeat record is never found stale on RDB storages.
+            # At once: a controller that dies now still leaves a trial the stale check can find.
             touch_heartbeat(self.study, trial, self.storage)
-            return trial
+            return prepare(trial) if prepare is not None else trial

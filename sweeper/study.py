@@ -8,8 +8,11 @@ own heartbeat on RDB server storages, and from a ``heartbeat`` user attr that
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import inspect
 import logging
+import math
 import threading
 import time
 import warnings
@@ -19,6 +22,7 @@ from pathlib import Path
 import optuna
 from hydra.errors import InstantiationException
 from hydra.utils import get_object, instantiate
+from omegaconf import OmegaConf
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -42,6 +46,7 @@ PRUNERS = {
     for name in ("Median", "Percentile", "SuccessiveHalving", "Hyperband", "Wilcoxon", "Nop")
 }
 STALE_REASON = "stale: controller or host died"
+SESSIONS_ATTR = "controller_sessions"  # how many controllers have opened the study: seeds each one's sampler
 
 
 class AskTellGridSampler(optuna.samplers.GridSampler):
@@ -88,12 +93,61 @@ def _build(spec, key: str, base: type, shipped: dict[str, tuple[str, ...]]):
     return built
 
 
+def session_seed(seed: int | None, study_name: str, session: int) -> int | None:
+    """The sampler seed of one controller session: the configured seed for the study's first, then derived.
+
+    Every controller that opens the study (a resume, a second host) is a new
+    session with its own stream, so none re-proposes what another drew.
+    """
+    if seed is None or session == 0:
+        return seed
+    digest = hashlib.sha256(f"{seed}/{study_name}/{session}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def _sampler_spec(spec, study_name: str, session: int):
+    """``hydra.sweeper.sampler`` as this session builds it: its own seed; TPE parallel-aware unless told otherwise."""
+    if spec is None or isinstance(spec, optuna.samplers.BaseSampler):
+        return spec
+    spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
+    target = _target(spec)
+    if target in ("optuna.samplers.TPESampler", "TPESampler") and "constant_liar" not in spec:
+        # Several slots or hosts run trials at once: without it TPE proposes near-copies of running trials.
+        spec["constant_liar"] = True
+    if _accepts_seed(target):
+        spec["seed"] = session_seed(spec.get("seed"), study_name, session)
+    return spec
+
+
+def _accepts_seed(target: str | None) -> bool:
+    try:
+        return "seed" in inspect.signature(get_object(target)).parameters
+    except Exception:
+        return False  # an unknown target: _build reports it
+
+
+def _claim_session(study: optuna.Study, storage: BaseStorage) -> int:
+    """This controller's session number in the study: 0 for the first ever, counted under the study lock."""
+    with study_lock(storage, study.study_name):
+        session = int(study.user_attrs.get(SESSIONS_ATTR, 0))
+        study.set_user_attr(SESSIONS_ATTR, session + 1)
+    return session
+
+
+def grid_points(spec) -> int | None:
+    """How many points a GridSampler's grid has (None for other samplers): a grid study runs each once."""
+    if "GridSampler" not in str(_target(spec)):
+        return None
+    space = spec.get("search_space") or {}
+    return math.prod(len(values) for values in space.values())
+
+
 def create_study(cfg: SweeperConfig, storage: BaseStorage) -> optuna.Study:
-    """Create the study, or load it when it exists with the same directions."""
+    """Create the study, or load it when it exists with the same directions; seed its sampler for this session."""
     directions = [cfg.direction] if isinstance(cfg.direction, str) else list(cfg.direction)
     if "GridSampler" in str(_target(cfg.sampler)) and "search_space" not in cfg.sampler:
         raise ConfigError("hydra.sweeper.sampler: GridSampler needs search_space: {param: [values, ...]}")
-    sampler = _build(cfg.sampler, "sampler", optuna.samplers.BaseSampler, SAMPLERS)
+    sampler = _build(_sampler_spec(cfg.sampler, cfg.study_name, 0), "sampler", optuna.samplers.BaseSampler, SAMPLERS)
     pruner = _build(cfg.pruner, "pruner", optuna.pruners.BasePruner, PRUNERS)
     if len(directions) > 1 and isinstance(sampler, optuna.samplers.CmaEsSampler):
         raise ConfigError("hydra.sweeper.sampler: CmaEsSampler is single-objective; use TPE, GP or NSGAII")
@@ -111,6 +165,14 @@ def create_study(cfg: SweeperConfig, storage: BaseStorage) -> optuna.Study:
             f"hydra.sweeper.direction: study {cfg.study_name!r} already exists with direction {found}, "
             f"not {directions}. Use the same direction or a new hydra.sweeper.study_name."
         )
+    session = _claim_session(study, storage)
+    if session > 0:
+        if isinstance(cfg.sampler, optuna.samplers.BaseSampler):
+            study.sampler.reseed_rng()
+        else:
+            spec = _sampler_spec(cfg.sampler, cfg.study_name, session)
+            study.sampler = _build(spec, "sampler", optuna.samplers.BaseSampler, SAMPLERS)
+    log.info("sampler %s, session %d of study %r", type(study.sampler).__name__, session, study.study_name)
     return study
 
 
@@ -170,19 +232,44 @@ class Heartbeat:
 # ------------------------------------------------------------------ recovery
 def _stale_trials(study: optuna.Study, grace_period: float) -> list[FrozenTrial]:
     storage = study._storage
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if supports_heartbeat(storage):
-        # Optuna's own test, on the database clock and the storage's grace period.
+        # Optuna's own test, on the database clock and the storage's grace period...
         stale_ids = set(storage._get_stale_trial_ids(study._study_id))
-        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t._trial_id in stale_ids]
+        # ...which never finds a trial whose controller died before its first heartbeat: judge those by their start.
+        beating = _trials_with_heartbeat(storage, [t._trial_id for t in running])
+        now = time.time()
+        for trial in running:
+            started = trial.datetime_start.timestamp() if trial.datetime_start else now
+            if trial._trial_id not in beating and now - started > grace_period:
+                stale_ids.add(trial._trial_id)
+        return [t for t in running if t._trial_id in stale_ids]
     now = time.time()
     stale = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in running:
         last = trial.user_attrs.get("heartbeat")
         if last is None and trial.datetime_start is not None:
             last = trial.datetime_start.timestamp()  # died before its first heartbeat
         if last is not None and now - float(last) > grace_period:
             stale.append(trial)
     return stale
+
+
+def _trials_with_heartbeat(storage: BaseStorage, trial_ids: list[int]) -> set[int]:
+    """Which of these trials have a heartbeat row in an RDB storage (Optuna keeps them in their own table)."""
+    if not trial_ids:
+        return set()
+    from optuna.storages._rdb import models
+
+    storage = getattr(storage, "_backend", storage)
+    session = storage.scoped_session()
+    try:
+        rows = session.query(models.TrialHeartbeatModel.trial_id).filter(
+            models.TrialHeartbeatModel.trial_id.in_(trial_ids)
+        )
+        return {row[0] for row in rows}
+    finally:
+        session.close()
 
 
 def _fail_stale(study: optuna.Study, trial: FrozenTrial) -> None:
@@ -197,19 +284,31 @@ def _fail_stale(study: optuna.Study, trial: FrozenTrial) -> None:
 
 
 def _requeue_pending(study: optuna.Study) -> list[int]:
-    """Enqueue a retry for every stale-failed trial that has none yet; safe to run again after a crash."""
+    """Enqueue the retry of every failed trial marked ``requeued`` that has none yet; safe to run again after a crash.
+
+    Stale trials and failures the controller retries are both marked before
+    they are failed, so a controller killed between the mark and the enqueue
+    leaves the retry to whichever controller recovers next.
+    """
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
     handled = []
     for trial in trials:
-        pending = trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") == STALE_REASON
-        if pending and trial.user_attrs.get("requeued") and trial.number not in retried:
+        pending = trial.state == TrialState.FAIL and trial.user_attrs.get("requeued")
+        if pending and trial.number not in retried:
             attrs = {"retry_of": trial.number}
-            if "attempt" in trial.user_attrs:  # a stale retry keeps the failure-retry count it had
-                attrs["attempt"] = trial.user_attrs["attempt"]
+            attempt = trial.user_attrs.get("retry_attempt", trial.user_attrs.get("attempt"))
+            if attempt is not None:  # a stale retry keeps the failure-retry count it had
+                attrs["attempt"] = attempt
             study.enqueue_trial(trial.params, user_attrs=attrs)
             handled.append(trial.number)
     return handled
+
+
+def requeue_failed(study: optuna.Study, storage: BaseStorage, lock_path: Path | None = None) -> list[int]:
+    """Enqueue the pending retries (see ``_requeue_pending``) under the study lock; return the retried numbers."""
+    with study_lock(storage, study.study_name, lock_path):
+        return _requeue_pending(study)
 
 
 def recover_stale_trials(

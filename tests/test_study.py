@@ -13,7 +13,16 @@ from optuna.trial import TrialState
 
 from sweeper.config import SweeperConfig
 from sweeper.storage import make_storage
-from sweeper.study import PRUNERS, SAMPLERS, STALE_REASON, Heartbeat, create_study, recover_stale_trials
+from sweeper.study import (
+    PRUNERS,
+    SAMPLERS,
+    STALE_REASON,
+    Heartbeat,
+    create_study,
+    recover_stale_trials,
+    requeue_failed,
+    session_seed,
+)
 from tests.services import postgres_url
 from train.errors import ConfigError
 
@@ -207,3 +216,66 @@ def test_recover_on_postgresql_uses_optuna_heartbeat(tmp_path):
 def test_multi_objective_needs_one_metric_per_direction():
     with pytest.raises(ConfigError, match="hydra.sweeper.objectives: name one evaluation metric per direction"):
         cfg(direction=["maximize", "minimize"], objectives=["clip_t"])
+
+
+# ------------------------------------------------------------------ one sampler stream per controller session
+def _first_draws(study: optuna.Study, n: int = 4) -> list[float]:
+    draws = []
+    for _ in range(n):
+        trial = study.ask()
+        draws.append(trial.suggest_float("x", 0, 1))
+        study.tell(trial, draws[-1])
+    return draws
+
+
+def test_each_controller_session_draws_its_own_stream(tmp_path):
+    storage = make_storage(None, tmp_path)
+    config = cfg(sampler={"_target_": "optuna.samplers.RandomSampler", "seed": 7})
+    first = create_study(config, storage)
+    assert first.user_attrs["controller_sessions"] == 1
+    assert _first_draws(first) == _first_draws(create_study(cfg(sampler=config.sampler), make_storage(None, tmp_path / "b")))
+    resumed = create_study(config, storage)  # a resume, or a second host on the same storage
+    second = create_study(config, storage)
+    assert resumed.user_attrs["controller_sessions"] == 3
+    streams = [_first_draws(s) for s in (first, resumed, second)]
+    assert len({x for stream in streams for x in stream}) == 12  # no draw repeats another session's
+
+
+def test_session_seeds_are_reproducible_and_distinct():
+    assert session_seed(0, "s", 0) == 0 and session_seed(None, "s", 3) is None
+    assert session_seed(0, "s", 1) == session_seed(0, "s", 1)
+    assert len({session_seed(0, "s", k) for k in range(1, 50)} | {session_seed(0, "t", 1)}) == 50
+
+
+def test_tpe_is_parallel_aware_unless_told_otherwise(tmp_path):
+    storage = make_storage(None, tmp_path)
+    assert create_study(cfg(), storage).sampler._constant_liar
+    told = {"_target_": "optuna.samplers.TPESampler", "constant_liar": False}
+    assert not create_study(cfg(sampler=told), storage).sampler._constant_liar
+
+
+def test_postgresql_trial_that_never_beat_is_stale_after_the_grace_period(tmp_path):
+    storage = make_storage(postgres_url(), tmp_path, heartbeat_interval=1, grace_period=2)
+    config = cfg()
+    study = create_study(config, storage)
+    try:
+        orphan = study.ask()  # its controller died before recording a first heartbeat
+        orphan.suggest_int("dim", 4, 64)
+        assert recover_stale_trials(study, storage, grace_period=2) == []
+        time.sleep(2.5)
+        assert recover_stale_trials(study, storage, grace_period=2) == [orphan.number]
+    finally:
+        optuna.delete_study(study_name=config.study_name, storage=storage)
+
+
+def test_a_retry_marked_before_a_kill_is_enqueued_by_the_next_recovery(tmp_path):
+    storage = make_storage(None, tmp_path)
+    study = create_study(cfg(), storage)
+    failed = _running(study, heartbeat_age=1)
+    failed.set_user_attr("retry_attempt", 1)  # what the controller marks before telling a failure it retries
+    failed.set_user_attr("requeued", True)
+    study.tell(failed, state=TrialState.FAIL)  # ...and the controller died before enqueuing the retry
+    assert recover_stale_trials(study, storage, grace_period=30) == [failed.number]
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.user_attrs == {"retry_of": failed.number, "attempt": 1}
+    assert requeue_failed(study, storage) == []  # once only
