@@ -71,6 +71,17 @@ class SearchSpace:
             out.append(f"{key}={self.fixed[key] if same else format_value(value)}")
         return out
 
+    def values_with(self, by_name: Mapping[str, Any], by_key: Mapping[str, Any] = {}) -> dict[str, Any]:  # noqa: B006
+        """Config values of one hypothetical trial: params from ``by_name`` (Optuna names), else ``by_key``,
+        else each distribution's first value (its first choice, its low end)."""
+
+        def pick(key: str, name: str, dist: BaseDistribution) -> Any:
+            if name in by_name:
+                return by_name[name]
+            return by_key[key] if key in by_key else probe_points(dist)[0]
+
+        return self._resolve(pick)
+
     def param_name(self, block: int, key: str) -> str:
         """The Optuna parameter name of `key` in conditional block `block`."""
         return self._names[block][key]
@@ -119,6 +130,17 @@ def _coerce(dist: BaseDistribution, value: Any) -> Any:
     if isinstance(dist, IntDistribution) and float(value).is_integer():
         return int(value)
     return float(value) if isinstance(dist, FloatDistribution) else value
+
+
+def probe_points(dist: BaseDistribution) -> list[Any]:
+    """The values that bound a distribution: every choice, or both ends of a range (the last point on its step)."""
+    if isinstance(dist, CategoricalDistribution):
+        return list(dist.choices)
+    high = dist.high
+    if dist.step:
+        high = dist.low + int((dist.high - dist.low) // dist.step) * dist.step
+        high = int(high) if isinstance(dist, IntDistribution) else high
+    return [dist.low] if high == dist.low else [dist.low, high]
 
 
 def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:

@@ -1,0 +1,67 @@
+"""The check a trial's config must pass before a sweep starts: compose it, then the trial's own pre-flight."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from sweeper.config import SweeperConfig
+from train.errors import ConfigError, UserError
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return " ".join(lines[:2]) if lines else type(err).__name__
+
+
+class TrialCheck:
+    """``check(overrides)``: the trial with these sampled overrides can run; else a UserError naming the problem.
+
+    It composes the config as the trials will (Hydra's own loader inside a
+    sweep), checks what a sweep needs of it, and runs the recipe's pre-flight,
+    the one every trial runs before it loads a model.
+    """
+
+    def __init__(
+        self,
+        cfg: SweeperConfig,
+        base_overrides: list[str],
+        run_dir: Path,
+        config_dir: Path,
+        compose: Callable[[list[str]], object] | None = None,
+    ):
+        self.cfg, self.base_overrides, self.run_dir = cfg, list(base_overrides), Path(run_dir)
+        self.config_dir, self.compose = Path(config_dir), compose
+
+    def __call__(self, overrides: list[str]) -> None:
+        from train.recipe import LoRATrainingRecipe
+
+        run_cfg = self._compose([*self.base_overrides, *overrides])
+        directions = self.cfg.direction if isinstance(self.cfg.direction, list) else [self.cfg.direction]
+        if not run_cfg.evaluate.enabled:
+            raise ConfigError("evaluate.enabled: a sweep needs an evaluation to score trials (e.g. evaluate=demo)")
+        if len(directions) == 1 and directions[0] != run_cfg.evaluate.objective.direction:
+            raise ConfigError(
+                f"hydra.sweeper.direction: {directions[0]} disagrees with evaluate.objective.direction "
+                f"({run_cfg.evaluate.objective.direction}); the trial value is the evaluation objective"
+            )
+        try:
+            LoRATrainingRecipe(run_cfg, self.run_dir).preflight()
+        except UserError:
+            raise
+        except Exception as err:  # what would fail every trial with this value: say so now, not in each trial
+            raise ConfigError(f"the trial's pre-flight fails: {type(err).__name__}: {err}") from None
+
+    def _compose(self, overrides: list[str]):
+        try:
+            if self.compose is not None:
+                return self.compose([*overrides, f"paths.output_dir={self.run_dir}"])
+            from sweeper.worker import TrialJob, compose_run_config
+
+            job = TrialJob(-1, -1, self.cfg.study_name, "", overrides, str(self.run_dir), str(self.config_dir))
+            return compose_run_config(job)
+        except (HydraException, OmegaConfBaseException) as err:
+            raise ConfigError(_first_line(err)) from None
