@@ -341,7 +341,7 @@ def part_two(args, work: Path, base: list[str]) -> list[PruneResult]:
         started = time.monotonic()
         study = controller.run()
         wall = time.monotonic() - started
-        results.append(PruneResult(name, wall, controller.utilization, list(controller.totals.outcomes), study))
+        results.append(PruneResult(name, wall, controller.utilization, list(controller.outcomes), study))
     return results
 
 

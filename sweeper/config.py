@@ -88,6 +88,9 @@ class SweeperConfig:
     trials_per_gpu: int = 1
     cpu_slots: int = 2
     max_retries: int = 0  # re-runs of a failed configuration
+    # The official Optuna sweeper's setting: past this share of failed trials the sweep stops asking, lets the
+    # running ones finish and exits 1. Its default there is 0.0 (any failure); long GPU sweeps meet the odd OOM.
+    max_failure_rate: float = 0.5
     # Which metric each trial reports while it trains: "objective" or "val_loss".
     report: str = "objective"
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})
@@ -111,6 +114,7 @@ class SweeperConfig:
         _require(self.trials_per_gpu >= 1, "trials_per_gpu", "must be >= 1")
         _require(self.cpu_slots >= 1, "cpu_slots", "must be >= 1")
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
+        _require(0 <= self.max_failure_rate <= 1, "max_failure_rate", f"must be in [0, 1], got {self.max_failure_rate}")
         _require(self.report in ("objective", "val_loss"), "report", "must be objective or val_loss")
         directions = self.direction if isinstance(self.direction, list) else [self.direction]
         for d in directions:

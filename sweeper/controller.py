@@ -3,7 +3,9 @@
 A slot that frees up (a trial finished, was pruned or failed) gets the next
 trial at once: there is no batch barrier. Every outcome is told to the study
 with its reason, so the storage is the record: killing the controller loses
-no finished trial, and re-running the same command resumes the study.
+no finished trial, and re-running the same command resumes the study. While it
+runs, the controller keeps recovering trials a dead controller left RUNNING,
+and it ends only when the study has its ``n_trials`` (or a limit stopped it).
 """
 
 from __future__ import annotations
@@ -12,27 +14,31 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from evaluate.secrets import scrub_text
 from sweeper.budget import TrialBudget
 from sweeper.config import SweeperConfig
+from sweeper.duplicates import find_twin, settle_duplicate
 from sweeper.live_table import LiveTable
 from sweeper.pool import SlotPool, slot_devices
+from sweeper.preflight import check_search_space
 from sweeper.results import write_results
 from sweeper.search_space import check_enqueue, parse_search_space
-from sweeper.storage import describe_storage, make_storage, storage_file
-from sweeper.study import Heartbeat, create_study, recover_stale_trials
-from sweeper.worker import TrialJob, TrialOutcome, compose_run_config
-from train.errors import ConfigError
+from sweeper.storage import describe_storage, make_storage
+from sweeper.study import Heartbeat, create_study, grid_points, recover_stale_trials, requeue_failed
+from sweeper.trial_check import TrialCheck
+from sweeper.verdict import MIN_JUDGED, FailureRate, SweepFailed, verdict
+from sweeper.worker import TrialJob, TrialOutcome
 
 log = logging.getLogger(__name__)
 STATES = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}
+MAX_DRAWS = 8  # draws per free slot before it waits: a small space may be all running or all done
 
 
 @dataclass
@@ -45,12 +51,10 @@ class Running:
 
 
 @dataclass
-class SweepTotals:
-    completed: int = 0
-    pruned: int = 0
-    failed: int = 0
-    slot_seconds: float = 0.0
-    outcomes: list[TrialOutcome] = field(default_factory=list)
+class Draw:
+    trial: optuna.Trial
+    values: dict[str, object]
+    twin: FrozenTrial | None  # a trial of the study with the same params, if any
 
 
 class SweepController:
@@ -64,8 +68,6 @@ class SweepController:
         compose: Callable[[list[str]], object] | None = None,
     ):
         self.cfg = cfg
-        # Composes one trial's RunConfig from overrides; inside Hydra, Hydra's own loader.
-        self.compose = compose
         self.base_overrides = list(base_overrides)
         self.sweep_dir = Path(sweep_dir)
         self.config_dir = Path(config_dir)
@@ -76,41 +78,47 @@ class SweepController:
         self.space = parse_search_space(cfg.params, cfg.conditional, cfg.derived)
         check_enqueue(self.space, cfg.enqueue)
         self.storage = make_storage(
-            self.storage_url,
-            self.sweep_dir,
-            heartbeat_interval=cfg.heartbeat_interval,
-            grace_period=cfg.grace_period,
+            self.storage_url, self.sweep_dir, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period
         )
-        self._check_trial_config()
+        checker = TrialCheck(cfg, self.base_overrides, self.sweep_dir / "preflight", config_dir, compose)
+        checker([])  # the command line's own overrides first: their errors name their own keys
+        log.info("checked %d trial configs of the search space", check_search_space(self.space, checker))
         self.study = create_study(cfg, self.storage)
+        self.n_trials = cfg.n_trials
+        self.grid = grid_points(cfg.sampler)
+        if self.grid is not None and self.grid < cfg.n_trials:
+            log.info("GridSampler: the grid has %d points; n_trials %d capped at %d", self.grid, cfg.n_trials, self.grid)
+            self.n_trials = self.grid
         # The budget and stale-trial recovery share the study lock (beside the storage file, or in the server).
-        self.budget = TrialBudget(self.study, self.storage, cfg.n_trials)
-        if storage_file(self.storage) is None:
-            # Hosts sharing a server must not all propose the same startup trials from one seed.
-            self.study.sampler.reseed_rng()
+        self.budget = TrialBudget(self.study, self.storage, self.n_trials)
         self.running: dict[int, Running] = {}
-        self.totals = SweepTotals()
+        self.failures = FailureRate(cfg.max_failure_rate)
+        self.outcomes: list[TrialOutcome] = []  # this controller's trials, as the workers ended them
+        self.stopped: str | None = None  # why no new trial starts (timeout, budget, failure rate)
+        self._draw_after = 0.0  # monotonic time before which free slots wait (all draws were running twins)
 
     def run(self) -> optuna.Study:
         cfg = self.cfg
         log.info("study %r on %s", cfg.study_name, describe_storage(self.storage_url))
-        recovered = recover_stale_trials(self.study, self.storage, cfg.grace_period)
-        if recovered:
-            log.warning("trials %s were left RUNNING by a dead controller: failed and re-queued", recovered)
         for params in cfg.enqueue:
             self.study.enqueue_trial(self.space.enqueue_params(params), skip_if_exists=True)
         pool = SlotPool(slot_devices(cfg.gpus, cfg.trials_per_gpu, cfg.cpu_slots))
+        self.failures.min_judged = max(MIN_JUDGED, len(pool.devices))
         heartbeat = Heartbeat(self.study, self.storage, cfg.heartbeat_interval)
         started = time.time()
+        next_recovery = 0.0
         table = LiveTable(self.study, self.running, pool)
         pool.start()
         heartbeat.start()
         try:
             with table:
                 while True:
+                    if time.monotonic() >= next_recovery:  # a controller may die at any moment: keep checking
+                        self._recover()
+                        next_recovery = time.monotonic() + cfg.heartbeat_interval
                     if self._may_start(started):
                         self._fill_slots(pool)
-                    if not self.running:
+                    if not self.running and self._study_done():
                         break
                     for _slot, kind, payload in pool.poll(timeout=0.5):
                         if kind == "progress":
@@ -127,22 +135,36 @@ class SweepController:
         self.utilization = pool.utilization()
         write_results(self.study, self.sweep_dir / "optimization_results.yaml")
         table.print_best()
+        self._judge()
         return self.study
 
     # ------------------------------------------------------------ internals
-    def _check_trial_config(self) -> None:
-        """Compose one trial's config with the base overrides: bad input stops before any worker starts."""
-        job = self._job(-1, -1, [], self.sweep_dir / "preflight")
-        overrides = [*job.overrides, f"paths.output_dir={job.run_dir}"]
-        run_cfg = self.compose(overrides) if self.compose else compose_run_config(job)
-        directions = self.cfg.direction if isinstance(self.cfg.direction, list) else [self.cfg.direction]
-        if not run_cfg.evaluate.enabled:
-            raise ConfigError("evaluate.enabled: a sweep needs an evaluation to score trials (e.g. evaluate=demo)")
-        if len(directions) == 1 and directions[0] != run_cfg.evaluate.objective.direction:
-            raise ConfigError(
-                f"hydra.sweeper.direction: {directions[0]} disagrees with evaluate.objective.direction "
-                f"({run_cfg.evaluate.objective.direction}); the trial value is the evaluation objective"
-            )
+    def _recover(self) -> None:
+        recovered = recover_stale_trials(self.study, self.storage, self.cfg.grace_period)
+        if recovered:
+            log.warning("trials %s were left RUNNING by a dead controller: failed and re-queued", recovered)
+
+    def _study_done(self) -> bool:
+        """Nothing of ours runs: done once stopped, or when the budget is spent and no trial may still come back.
+
+        A RUNNING trial of another controller may belong to a dead one: it is
+        waited for until it finishes or turns stale, is recovered and re-run.
+        """
+        if self.stopped is not None:
+            return True
+        if self.budget.remaining() > 0:
+            return False
+        return not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+    def _judge(self) -> None:
+        trials = self.study.get_trials(deepcopy=False)
+        completed = sum(t.state == TrialState.COMPLETE for t in trials)
+        ran = self.budget.used()
+        if self.grid is not None and ran >= self.grid:
+            log.info("grid exhausted: all %d points of the grid ran", self.grid)
+        problem = verdict(self.failures, completed, ran, self.n_trials, self.stopped)
+        if problem:
+            raise SweepFailed(problem)
 
     def _job(self, number: int, trial_id: int, overrides: list[str], run_dir: Path) -> TrialJob:
         return TrialJob(
@@ -164,32 +186,53 @@ class SweepController:
 
     def _may_start(self, started: float) -> bool:
         cfg = self.cfg
-        stop = None
-        if cfg.timeout is not None and time.time() - started > cfg.timeout:
-            stop = f"timeout of {cfg.timeout:g} s reached"
-        elif cfg.gpu_hours is not None and self._slot_hours() >= cfg.gpu_hours:
-            stop = f"budget of {cfg.gpu_hours:g} GPU-hours spent"
-        if stop and not getattr(self, "_stop_logged", False):
-            log.info("%s: no new trials; waiting for the running ones", stop)
-            self._stop_logged = True
-        return stop is None
+        if self.stopped is None:
+            if cfg.timeout is not None and time.time() - started > cfg.timeout:
+                self.stopped = f"timeout of {cfg.timeout:g} s reached"
+            elif cfg.gpu_hours is not None and self._slot_hours() >= cfg.gpu_hours:
+                self.stopped = f"budget of {cfg.gpu_hours:g} GPU-hours spent"
+            elif self.failures.exceeded():
+                self.stopped = self.failures.describe()
+            if self.stopped is not None:
+                log.info("%s: no new trials; waiting for the running ones", self.stopped)
+        return self.stopped is None
 
     def _slot_hours(self) -> float:
         done = sum(t.duration.total_seconds() for t in self.study.get_trials(deepcopy=False) if t.duration)
         return done / 3600.0
 
+    def _draw(self, trial: optuna.Trial) -> Draw:
+        """Under the budget's lock: sample the trial's params and look for a trial that already has them."""
+        values = self.space.sample(trial)
+        twin = find_twin(self.study, trial.number, trial.params)
+        if twin is not None:
+            trial.set_user_attr("duplicate_of", twin.number)  # before the lock is released
+        return Draw(trial, values, twin)
+
     def _fill_slots(self, pool: SlotPool) -> None:
+        if time.monotonic() < self._draw_after:
+            return
         for slot in pool.idle_slots():
-            trial = self.budget.ask()
-            if trial is None:
+            for _ in range(MAX_DRAWS):
+                draw = self.budget.ask(self._draw)
+                if draw is None:
+                    return
+                if draw.twin is None:
+                    self._start(pool, slot, draw)
+                    break
+                log.info("trial %d: %s", draw.trial.number, settle_duplicate(self.study, draw.trial, draw.twin))
+            else:  # every draw repeats a running trial: wait for one to finish
+                self._draw_after = time.monotonic() + self.cfg.heartbeat_interval
                 return
-            values = self.space.sample(trial)
-            run_dir = self.sweep_dir / str(trial.number)
-            job = self._job(trial.number, trial._trial_id, self.space.overrides(values), run_dir)
-            trial.set_user_attr("run_dir", str(run_dir))
-            trial.set_user_attr("overrides", [scrub_text(o) for o in job.overrides])
-            pool.submit(slot, job)
-            self.running[trial.number] = Running(trial, slot, time.time(), values)
+
+    def _start(self, pool: SlotPool, slot: int, draw: Draw) -> None:
+        trial = draw.trial
+        run_dir = self.sweep_dir / str(trial.number)
+        job = self._job(trial.number, trial._trial_id, self.space.overrides(draw.values), run_dir)
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("overrides", [scrub_text(o) for o in job.overrides])
+        pool.submit(slot, job)
+        self.running[trial.number] = Running(trial, slot, time.time(), draw.values)
 
     def _fault_for(self, number: int) -> dict | None:
         for fault in self.cfg.fault_injection:
@@ -201,16 +244,19 @@ class SweepController:
         running = self.running.pop(outcome.trial_number, None)
         if running is None:
             return
+        self._draw_after = 0.0  # a finished trial may settle draws that repeated it
         trial = running.trial
         state = outcome.state if outcome.state != "COMPLETE" or outcome.values else "FAIL"
-        retry = state == "FAIL" and int(trial.user_attrs.get("attempt", 0)) < self.cfg.max_retries
+        attempt = int(trial.user_attrs.get("attempt", 0))
+        retry = state == "FAIL" and attempt < self.cfg.max_retries
         try:
             if outcome.reason:
                 trial.set_user_attr("fail_reason" if state == "FAIL" else "prune_reason", outcome.reason)
             trial.set_user_attr("seconds", round(outcome.seconds, 2))
             if outcome.best is not None:  # promotion and reports read the best checkpoint from here
                 trial.set_user_attr("best", outcome.best)
-            if retry:  # marked before tell: a finished trial's attributes are read-only
+            if retry:  # marked before tell (a finished trial's attributes are read-only); enqueued after it
+                trial.set_user_attr("retry_attempt", attempt + 1)
                 trial.set_user_attr("requeued", True)
             if state == "COMPLETE":
                 self.study.tell(trial, outcome.values if self.multi_objective else outcome.values[0])
@@ -220,14 +266,8 @@ class SweepController:
             # Another host already failed it as stale (e.g. a partition longer than the grace period).
             log.warning("trial %d was already finished elsewhere; its result is dropped", trial.number)
             return
-        counter = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed"}[state]
-        setattr(self.totals, counter, getattr(self.totals, counter) + 1)
-        self.totals.outcomes.append(outcome)
-        if retry:
-            self._retry(trial)
+        self.failures.record(state, outcome.reason)
+        self.outcomes.append(outcome)
         log.info("trial %d %s%s", trial.number, state, f": {outcome.reason}" if outcome.reason else "")
-
-    def _retry(self, trial: optuna.Trial) -> None:
-        attempt = int(trial.user_attrs.get("attempt", 0))
-        self.study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number, "attempt": attempt + 1})
-        log.info("trial %d re-queued (retry %d of %d)", trial.number, attempt + 1, self.cfg.max_retries)
+        if retry and trial.number in requeue_failed(self.study, self.storage):
+            log.info("trial %d re-queued (retry %d of %d)", trial.number, attempt + 1, self.cfg.max_retries)

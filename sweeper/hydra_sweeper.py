@@ -21,6 +21,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from sweeper.config import SweeperConfig
+from sweeper.verdict import SweepFailed
 from train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -86,3 +87,6 @@ class LoRASweeper(Sweeper):
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             sys.exit(2)
+        except SweepFailed as err:
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(1)

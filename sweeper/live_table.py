@@ -34,6 +34,8 @@ def trials_table(study: optuna.Study, running: dict | None = None, max_rows: int
         value = "-" if t.values is None else ", ".join(_fmt(v) for v in t.values)
         params = " ".join(f"{k}={_fmt(v)}" for k, v in (live.values if live else display_params(t.params)).items())
         reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason") or ""
+        if not reason and "duplicate_of" in t.user_attrs:
+            reason = f"result of trial {t.user_attrs['duplicate_of']} (same configuration)"
         table.add_row(
             str(t.number),
             f"[{STATE_STYLE.get(state, '')}]{state}[/]",

@@ -80,7 +80,7 @@ class SlotPool:
         parent_conn, child_conn = self._ctx.Pipe()
         process = self._ctx.Process(
             target=worker_main,
-            args=(index, self.devices[index], child_conn, self._threads),
+            args=(index, self.devices[index], child_conn, self._threads, os.getpid()),
             name=f"sweep-worker-{index}",
             daemon=True,  # never outlive the controller
         )

@@ -286,8 +286,24 @@ class _ProgressSender:
             self.last_sent = now
 
 
-def worker_main(slot_index: int, device_env: str | None, conn, threads: int | None = None) -> None:
+def _die_with_parent(parent: int | None) -> None:
+    """Linux: the kernel SIGKILLs this worker the moment its controller dies, even mid-step (no orphan on a GPU)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return  # not Linux: _ProgressSender's parent check still stops an orphan at its next step
+    if parent is not None and os.getppid() != parent:  # the controller died before the setting took
+        os._exit(1)
+
+
+def worker_main(
+    slot_index: int, device_env: str | None, conn, threads: int | None = None, parent: int | None = None
+) -> None:
     """Process entry: run the TrialJobs received on ``conn`` until None (or the controller closes the pipe)."""
+    _die_with_parent(parent)
     if device_env is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device_env
     # Ctrl-C reaches the whole process group; the controller decides when workers stop.

@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.trial import TrialState
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,3 +57,50 @@ def load(sweep_dir: Path, study_name: str = "demo", storage: str | None = None) 
 def counted(study: optuna.Study) -> list:
     """Trials that count toward n_trials: all but failed ones that were re-queued."""
     return [t for t in study.get_trials() if not (t.state == TrialState.FAIL and t.user_attrs.get("requeued"))]
+
+
+def synthetic_sweep_args(
+    tiny_model_dir: Path, sweep_dir: Path, *extra: str, seconds: float = 0.4, steps: int = 2
+) -> list[str]:
+    """A sweep of synthetic trials (they sleep and report instead of training): the sweep machinery under test."""
+    return [
+        *sweep_args(tiny_model_dir, sweep_dir),
+        f"hydra.sweeper.synthetic_trial={{seconds:{seconds},steps:{steps}}}",
+        "hydra.sweeper.heartbeat_interval=1",
+        "hydra.sweeper.grace_period=3",
+        *extra,
+    ]
+
+
+def wait_for(predicate, timeout: float = 180.0, interval: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true (returns True) or ``timeout`` passes (returns False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except (KeyError, sqlalchemy.exc.OperationalError):
+            pass  # the storage or the study does not exist yet, or is locked for a moment
+        time.sleep(interval)
+    return False
+
+
+def trained(study: optuna.Study) -> list:
+    """Trials that ran a configuration: not skipped or answered from an identical earlier trial."""
+    return [t for t in study.get_trials() if "duplicate_of" not in t.user_attrs]
+
+
+def repeated_configurations(study: optuna.Study) -> int:
+    """How many trained trials repeat another trained trial's params (a retry repeats its own trial: not counted)."""
+    first: dict[str, int] = {}
+    repeats = 0
+    trials = {t.number: t for t in trained(study)}
+    for trial in trials.values():
+        key = repr(sorted(trial.params.items()))
+        root = trial.number
+        while trials.get(root) is not None and "retry_of" in trials[root].user_attrs:
+            root = trials[root].user_attrs["retry_of"]
+        if key in first and first[key] != root:
+            repeats += 1
+        first.setdefault(key, root)
+    return repeats
