@@ -96,6 +96,7 @@ class SweepController:
         self.outcomes: list[TrialOutcome] = []  # this controller's trials, as the workers ended them
         self.stopped: str | None = None  # why no new trial starts (timeout, budget, failure rate)
         self._draw_after = 0.0  # monotonic time before which free slots wait (all draws were running twins)
+        self._waiting_logged = False
 
     def run(self) -> optuna.Study:
         cfg = self.cfg
@@ -154,7 +155,16 @@ class SweepController:
             return True
         if self.budget.remaining() > 0:
             return False
-        return not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        others = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if others and not self._waiting_logged:
+            log.info(
+                "waiting for %d trial(s) of other controllers: they finish, or are re-run here if their "
+                "controller died (no heartbeat for %d s)",
+                len(others),
+                self.cfg.grace_period,
+            )
+            self._waiting_logged = True
+        return not others
 
     def _judge(self) -> None:
         trials = self.study.get_trials(deepcopy=False)
