@@ -18,7 +18,7 @@ twice, retries of one trial aside), orphan processes (a killed controller's
 workers still alive 3 s later) and unreadable files (checkpoints, JSON, YAML,
 the study). Goal: every kill done, every other column 0.
 
-    python bench/sweep_faults.py [--kills 20] [--trials 60] [--synthetic] [--seed 0]
+    python bench/sweep_faults.py [--kills 20] [--trials 80] [--steps 40] [--synthetic] [--seed 0]
 
 ``--synthetic`` replaces training by synthetic trials (they sleep and report):
 the sweep machinery alone, in a fraction of the time.
@@ -185,16 +185,16 @@ def counted(trial) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--kills", type=int, default=20)
-    parser.add_argument("--trials", type=int, default=None, help="n_trials (default 3 per kill: outlasts the kills)")
+    parser.add_argument("--trials", type=int, default=None, help="n_trials (default 4 per kill: outlasts the kills)")
     parser.add_argument("--slots", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=8, help="training steps per trial (checkpoint every half)")
+    parser.add_argument("--steps", type=int, default=40, help="training steps per trial (checkpoint every half)")
     parser.add_argument("--synthetic", action="store_true", help="synthetic trials: the sweep machinery alone")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-delay", type=float, default=None, help="random kills: up to this many s after start")
     parser.add_argument("--work", type=Path, default=None, help="work dir (default: a new temp dir)")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    args.trials = args.trials or 3 * args.kills
+    args.trials = args.trials or 4 * args.kills
     if args.max_delay is None:
         args.max_delay = 15.0 if args.synthetic else 40.0
     work = args.work or Path(tempfile.mkdtemp(prefix="sweep-faults-"))

@@ -110,20 +110,21 @@ def _sampler_spec(spec, study_name: str, session: int):
     if spec is None or isinstance(spec, optuna.samplers.BaseSampler):
         return spec
     spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
-    target = _target(spec)
-    if target in ("optuna.samplers.TPESampler", "TPESampler") and "constant_liar" not in spec:
+    parameters = _parameters(_target(spec))
+    if "constant_liar" in parameters and "constant_liar" not in spec:
         # Several slots or hosts run trials at once: without it TPE proposes near-copies of running trials.
         spec["constant_liar"] = True
-    if _accepts_seed(target):
+    if "seed" in parameters:
         spec["seed"] = session_seed(spec.get("seed"), study_name, session)
     return spec
 
 
-def _accepts_seed(target: str | None) -> bool:
+def _parameters(target: str | None) -> set[str]:
+    """The constructor arguments of a sampler class named by ``_target_`` (none for an unknown one)."""
     try:
-        return "seed" in inspect.signature(get_object(target)).parameters
+        return set(inspect.signature(get_object(target)).parameters)
     except Exception:
-        return False  # an unknown target: _build reports it
+        return set()  # an unknown target: _build reports it
 
 
 def _claim_session(study: optuna.Study, storage: BaseStorage) -> int:

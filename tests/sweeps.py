@@ -12,6 +12,8 @@ import optuna
 import sqlalchemy
 from optuna.trial import TrialState
 
+from train.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -51,7 +53,11 @@ def run_sweep(args: list[str], cwd: Path, cache: Path, timeout: float = 400) -> 
 
 
 def load(sweep_dir: Path, study_name: str = "demo", storage: str | None = None) -> optuna.Study:
-    return optuna.load_study(study_name=study_name, storage=storage or f"sqlite:///{sweep_dir / 'optuna.db'}")
+    """The sweep's study, opened as the sweeper opens it (a controller may be creating the database right now)."""
+    from sweeper.storage import make_storage
+
+    url = storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
+    return optuna.load_study(study_name=study_name, storage=make_storage(url, sweep_dir))
 
 
 def counted(study: optuna.Study) -> list:
@@ -79,8 +85,8 @@ def wait_for(predicate, timeout: float = 180.0, interval: float = 0.05) -> bool:
         try:
             if predicate():
                 return True
-        except (KeyError, sqlalchemy.exc.OperationalError):
-            pass  # the storage or the study does not exist yet, or is locked for a moment
+        except (KeyError, ConfigError, sqlalchemy.exc.OperationalError):
+            pass  # the sweep dir, the storage or the study does not exist yet, or is locked for a moment
         time.sleep(interval)
     return False
 

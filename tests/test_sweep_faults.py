@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import signal
+import uuid
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
@@ -191,3 +193,34 @@ def test_past_max_failure_rate_the_sweep_stops_asking_and_exits_non_zero(tiny_mo
     assert len(trials) == 4  # judged once 4 trials finished: 4 of 4 failed, past 0.5
     assert all(t.state == TrialState.FAIL for t in trials)
     assert "max_failure_rate" in result.stderr and "4 x RuntimeError: injected error" in result.stderr
+
+
+def _processes_with(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+def test_workers_die_with_a_killed_controller(tiny_model_dir, tmp_path, monkeypatch):
+    sweep_dir = tmp_path / "sweep"
+    marker = f"SWEEP_TEST_RUN={uuid.uuid4().hex}"
+    monkeypatch.setenv(*marker.split("="))  # inherited by the controller and its workers
+    # One step of 60 s: a worker mid-step never reaches the progress call that would notice its parent gone.
+    args = synthetic_sweep_args(tiny_model_dir, sweep_dir, "hydra.sweeper.n_trials=2", seconds=60.0, steps=1)
+    proc = start_sweep(args, tmp_path, tmp_path / "cache")
+    try:
+        # Both workers are inside their trial (each wrote its trial.log), not still starting up.
+        assert wait_for(lambda: all((sweep_dir / n / "trial.log").exists() for n in ("0", "1")), timeout=120)
+        os.kill(proc.pid, signal.SIGKILL)  # the controller alone, as the OOM killer would
+        proc.wait()  # not communicate(): the workers hold the same output pipes
+        assert wait_for(lambda: not _processes_with(marker), timeout=10), "workers outlived their controller"
+    finally:
+        for pid in _processes_with(marker):
+            os.kill(pid, signal.SIGKILL)
+        proc.communicate()
