@@ -34,8 +34,8 @@ DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/test"
 def run_arm(args, controllers: int, model: Path, work: Path, env: dict) -> dict:
     import optuna
 
-    from sweeper.budget import counts_against_budget
-    from sweeper.storage import make_storage
+    from sweeper.store.budget import counts_against_budget
+    from sweeper.store.storage import make_storage
 
     name = f"bench-controllers-{controllers}-{uuid.uuid4().hex[:6]}"
     command = [
@@ -93,7 +93,7 @@ def main() -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from sweeper.storage import mask_url
+    from sweeper.store.storage import mask_url
     from train.models.tiny import build_tiny_sd15
 
     model = build_tiny_sd15(work / "tiny-sd15")

@@ -177,7 +177,7 @@ def repeated_configurations(all_trials: list) -> int:
 
 
 def counted(trial) -> bool:
-    from sweeper.budget import counts_against_budget
+    from sweeper.store.budget import counts_against_budget
 
     return counts_against_budget(trial)
 

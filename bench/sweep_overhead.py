@@ -1,6 +1,6 @@
 """Sweep overhead, side by side in one run: where a sweep's slot time goes.
 
-1. Persistent workers (sweeper.pool.SlotPool: one process per slot, base model
+1. Persistent workers (sweeper.slots.pool.SlotPool: one process per slot, base model
    loaded once) vs a fresh ``python -c`` process per trial (interpreter start,
    imports, model load every trial), on the same trials: the same sampled
    overrides of conf/sweep/demo.yaml, the same driver loop, the same study
@@ -48,13 +48,13 @@ NO_PRUNING = {"_target_": "optuna.pruners.NopPruner"}
 MARKER = b"@@bench"
 
 # One trial in a fresh interpreter, as a process-per-trial launcher would run it:
-# the same steps as sweeper.worker.worker_main for one job, then exit.
+# the same steps as sweeper.slots.worker.worker_main for one job, then exit.
 CHILD = r"""
 import os, pickle, sys
 job_path, out_path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
 import torch
 torch.set_num_threads(threads)
-from sweeper.worker import run_trial
+from sweeper.slots.worker import run_trial
 with open(job_path, "rb") as f:
     job = pickle.load(f)
 seen = []
@@ -159,7 +159,7 @@ class FreshProcessRunner:
         return events
 
     def _reap(self, slot: int):
-        from sweeper.worker import TrialOutcome
+        from sweeper.slots.worker import TrialOutcome
 
         child = self.slots[slot]
         self.selector.unregister(child.process.stdout)
@@ -195,7 +195,7 @@ class ArmResult:
 
 def drive(name: str, runner, study, storage_url: str, trial_overrides: list[list[str]], work: Path) -> ArmResult:
     """Feed the trials to idle slots and tell each outcome, timing submit, first step and done per trial."""
-    from sweeper.worker import TrialJob
+    from sweeper.slots.worker import TrialJob
 
     result = ArmResult(name, 0)
     pending = list(trial_overrides)
@@ -261,7 +261,7 @@ def sample_overrides(space, n: int, seed: int) -> list[list[str]]:
 def new_study(url: str, name: str):
     import optuna
 
-    from sweeper.storage import make_storage
+    from sweeper.store.storage import make_storage
 
     return optuna.create_study(storage=make_storage(url, Path(".")), study_name=name, direction="minimize")
 
@@ -277,8 +277,8 @@ def warm_up(args, work: Path, base: list[str], log_path: Path) -> None:
 
 
 def part_one(args, work: Path, base: list[str], log_path: Path) -> list[ArmResult]:
-    from sweeper.pool import SlotPool
-    from sweeper.search_space import parse_search_space
+    from sweeper.slots.pool import SlotPool
+    from sweeper.space.search_space import parse_search_space
 
     sweep = demo_sweeper_section()
     space = parse_search_space(sweep["params"], sweep.get("conditional") or [], sweep.get("derived") or {})

@@ -40,7 +40,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def _promote(ref, args) -> None:
-    from sweeper.promote import promote
+    from sweeper.results.promote import promote
 
     result = promote(ref, args.trial)
     manifest = result.manifest
@@ -68,18 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("optuna").setLevel(logging.WARNING)
-    from sweeper.locate import locate_study
+    from sweeper.results.locate import locate_study
 
     try:
         ref = locate_study(args.overrides, args.sweep_dir)
         if ref.sweep_dir is not None:
             print(f"sweep dir: {ref.sweep_dir}", file=sys.stderr)
         if args.command == "status":
-            from sweeper.status import print_status
+            from sweeper.results.status import print_status
 
             print_status(ref.study, ref.where)
         elif args.command == "report":
-            from sweeper.report import render_report
+            from sweeper.report.report import render_report
 
             print(f"report: {render_report(ref, args.out, args.top)}")
         elif args.command == "promote":

@@ -22,19 +22,19 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluate.secrets import scrub_text
-from sweeper.budget import TrialBudget
 from sweeper.config import SweeperConfig
-from sweeper.duplicates import find_twin, settle_duplicate
-from sweeper.live_table import LiveTable
-from sweeper.pool import SlotPool, slot_devices
-from sweeper.preflight import check_search_space
-from sweeper.results import write_results
-from sweeper.search_space import check_enqueue, parse_search_space
-from sweeper.storage import describe_storage, make_storage
-from sweeper.study import Heartbeat, create_study, grid_points, recover_stale_trials, requeue_failed
-from sweeper.trial_check import TrialCheck
+from sweeper.report.live_table import LiveTable
+from sweeper.results.results import write_results
+from sweeper.slots.pool import SlotPool, slot_devices
+from sweeper.slots.worker import TrialJob, TrialOutcome
+from sweeper.space.preflight import check_search_space
+from sweeper.space.search_space import check_enqueue, parse_search_space
+from sweeper.space.trial_check import TrialCheck
+from sweeper.store.budget import TrialBudget
+from sweeper.store.duplicates import find_twin, settle_duplicate
+from sweeper.store.storage import describe_storage, make_storage
+from sweeper.store.study import Heartbeat, create_study, grid_points, recover_stale_trials, requeue_failed
 from sweeper.verdict import MIN_JUDGED, FailureRate, SweepFailed, verdict
-from sweeper.worker import TrialJob, TrialOutcome
 
 log = logging.getLogger(__name__)
 STATES = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "FAIL": TrialState.FAIL}

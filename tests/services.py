@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from sweeper.storage import mask_url
+from sweeper.store.storage import mask_url
 
 POSTGRES_URLS = (
     [os.environ["SWEEPER_TEST_POSTGRES"]]

@@ -54,7 +54,7 @@ def run_sweep(args: list[str], cwd: Path, cache: Path, timeout: float = 400) -> 
 
 def load(sweep_dir: Path, study_name: str = "demo", storage: str | None = None) -> optuna.Study:
     """The sweep's study, opened as the sweeper opens it (a controller may be creating the database right now)."""
-    from sweeper.storage import make_storage
+    from sweeper.store.storage import make_storage
 
     url = storage or f"sqlite:///{sweep_dir / 'optuna.db'}"
     return optuna.load_study(study_name=study_name, storage=make_storage(url, sweep_dir))

@@ -11,10 +11,10 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeper.budget import TrialBudget
 from sweeper.config import SweeperConfig
-from sweeper.storage import make_storage, study_lock
-from sweeper.study import STALE_REASON, create_study, recover_stale_trials
+from sweeper.store.budget import TrialBudget
+from sweeper.store.storage import make_storage, study_lock
+from sweeper.store.study import STALE_REASON, create_study, recover_stale_trials
 from tests.services import mysql_url, postgres_url, redis_url
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -8,11 +8,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeper.budget import TrialBudget
 from sweeper.config import SweeperConfig
-from sweeper.duplicates import find_twin, settle_duplicate
-from sweeper.storage import make_storage
-from sweeper.study import create_study
+from sweeper.store.budget import TrialBudget
+from sweeper.store.duplicates import find_twin, settle_duplicate
+from sweeper.store.storage import make_storage
+from sweeper.store.study import create_study
 from sweeper.verdict import FailureRate, verdict
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

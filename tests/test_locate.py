@@ -8,7 +8,7 @@ import time
 import optuna
 import pytest
 
-from sweeper.locate import locate_study, newest_sweep_dir
+from sweeper.results.locate import locate_study, newest_sweep_dir
 from train.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -7,8 +7,8 @@ import time
 import optuna
 import pytest
 
-from sweeper.pool import SlotPool, _death_reason, slot_devices
-from sweeper.worker import TrialJob
+from sweeper.slots.pool import SlotPool, _death_reason, slot_devices
+from sweeper.slots.worker import TrialJob
 from tests.conftest import CONF_DIR
 from tests.test_worker import FAST, NO_PRUNING
 

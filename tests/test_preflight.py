@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sweeper.preflight import check_search_space, probes
-from sweeper.search_space import parse_search_space
+from sweeper.space.preflight import check_search_space, probes
+from sweeper.space.search_space import parse_search_space
 from train.errors import ConfigError
 
 SPACE = parse_search_space(
@@ -95,7 +95,7 @@ def test_a_passing_space_checks_each_probe_once():
 def test_the_real_check_composes_and_runs_the_trials_preflight(tmp_path, tiny_model_dir):
     """Shipped config, real composition and pre-flight: a value no trial could take is caught in a branch."""
     from sweeper.config import SweeperConfig
-    from sweeper.trial_check import TrialCheck
+    from sweeper.space.trial_check import TrialCheck
     from tests.conftest import CONF_DIR
 
     space = parse_search_space(

@@ -18,9 +18,9 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
 from sweeper.__main__ import main
-from sweeper.locate import locate_study
-from sweeper.promote import promote
-from sweeper.registry import PromotionRefused, Registry
+from sweeper.results.locate import locate_study
+from sweeper.results.promote import promote
+from sweeper.results.registry import PromotionRefused, Registry
 from train.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from sweeper.locate import locate_study
-from sweeper.report import leaderboard, ranked_trials, render_report
+from sweeper.report.report import leaderboard, ranked_trials, render_report
+from sweeper.results.locate import locate_study
 from tests.test_promote import MULTI, add_trial
 
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweeper.config import ConditionalSpace
-from sweeper.search_space import check_enqueue, display_params, distribution_from_override, parse_search_space
+from sweeper.space.search_space import check_enqueue, display_params, distribution_from_override, parse_search_space
 from train.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

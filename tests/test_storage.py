@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from sweeper.config import SweeperConfig
-from sweeper.storage import describe_storage, make_storage, mask_url, storage_file, study_lock, supports_heartbeat
-from sweeper.study import create_study
+from sweeper.store.storage import describe_storage, make_storage, mask_url, storage_file, study_lock, supports_heartbeat
+from sweeper.store.study import create_study
 from tests.services import postgres_url, redis_url
 from train.errors import ConfigError
 
@@ -166,7 +166,7 @@ def _bare(url: str, scheme: str) -> str:
 )
 def test_workers_open_every_url_form_the_controller_opens(tmp_path, form):
     """A user's URL as written (bare postgresql:// too): the controller's study is the one each worker reports to."""
-    from sweeper.worker import TrialJob, open_study
+    from sweeper.slots.worker import TrialJob, open_study
     from tests.services import mysql_url
 
     url = {

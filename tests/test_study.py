@@ -12,8 +12,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeper.config import SweeperConfig
-from sweeper.storage import make_storage
-from sweeper.study import (
+from sweeper.store.storage import make_storage
+from sweeper.store.study import (
     PRUNERS,
     SAMPLERS,
     STALE_REASON,

@@ -16,7 +16,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweeper.storage import make_storage
+from sweeper.store.storage import make_storage
 from tests.sweeps import counted, load, run_sweep, start_sweep, sweep_args
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sweeper.search_space import parse_search_space
+from sweeper.space.search_space import parse_search_space
 from tests.conftest import CONF_DIR, compose_run
 from train import optimizers
 from train.networks import build_network

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from sweeper import worker
-from sweeper.reporting import OptunaReporter
-from sweeper.worker import TrialJob, run_trial
+from sweeper.slots import worker
+from sweeper.slots.reporting import OptunaReporter
+from sweeper.slots.worker import TrialJob, run_trial
 from tests.conftest import CONF_DIR
 
 FAST = [

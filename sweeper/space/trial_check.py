@@ -59,7 +59,7 @@ class TrialCheck:
         try:
             if self.compose is not None:
                 return self.compose([*overrides, f"paths.output_dir={self.run_dir}"])
-            from sweeper.worker import TrialJob, compose_run_config
+            from sweeper.slots.worker import TrialJob, compose_run_config
 
             job = TrialJob(-1, -1, self.cfg.study_name, "", overrides, str(self.run_dir), str(self.config_dir))
             return compose_run_config(job)

@@ -15,7 +15,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, IntD
 from train.errors import ConfigError
 
 if TYPE_CHECKING:
-    from sweeper.search_space import SearchSpace
+    from sweeper.space.search_space import SearchSpace
 
 
 def check_enqueue(space: SearchSpace, enqueue: Sequence[Mapping[str, Any]] | None) -> None:

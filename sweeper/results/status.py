@@ -10,8 +10,8 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
-from sweeper.live_table import STATE_STYLE, _fmt
-from sweeper.search_space import display_params
+from sweeper.report.live_table import STATE_STYLE, _fmt
+from sweeper.space.search_space import display_params
 
 
 def _duration(trial: FrozenTrial) -> str:

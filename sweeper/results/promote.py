@@ -1,6 +1,6 @@
 """``python -m sweeper promote``: ship a study's best checkpoint to the registry, and tag it in W&B.
 
-The trial is chosen by ``sweeper.selection``; its best checkpoint is the file
+The trial is chosen by ``sweeper.results.selection``; its best checkpoint is the file
 the worker recorded, with the sha256 it recorded. A file whose hash differs
 now is refused: what gets promoted is exactly what was scored.
 """
@@ -15,9 +15,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from evaluate.secrets import scrub_secrets
-from sweeper.locate import StudyRef
-from sweeper.registry import Promotion, PromotionRefused, Registry, sha256_file
-from sweeper.selection import choose_trial, trial_metrics
+from sweeper.results.locate import StudyRef
+from sweeper.results.registry import Promotion, PromotionRefused, Registry, sha256_file
+from sweeper.results.selection import choose_trial, trial_metrics
 
 log = logging.getLogger(__name__)
 ALIASES = ["best", "production"]

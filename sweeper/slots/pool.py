@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 
-from sweeper.worker import TrialJob, TrialOutcome, worker_main
+from sweeper.slots.worker import TrialJob, TrialOutcome, worker_main
 
 log = logging.getLogger(__name__)
 

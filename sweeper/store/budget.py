@@ -16,8 +16,8 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
-from sweeper.storage import study_lock
-from sweeper.study import touch_heartbeat
+from sweeper.store.storage import study_lock
+from sweeper.store.study import touch_heartbeat
 
 T = TypeVar("T")
 
@@ -55,7 +55,7 @@ class TrialBudget:
             if self.used() >= self.n_trials:
                 return None
             with warnings.catch_warnings():
-                # Optuna expects heartbeats with optimize(); ours come from sweeper.study.Heartbeat.
+                # Optuna expects heartbeats with optimize(); ours come from sweeper.store.study.Heartbeat.
                 warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
                 trial = self.study.ask()
             # At once: a controller that dies now still leaves a trial the stale check can find.

@@ -18,10 +18,10 @@ import optuna
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweeper.config import SweeperConfig
-from sweeper.storage import describe_storage, make_storage
+from sweeper.store.storage import describe_storage, make_storage
 from train.errors import ConfigError
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 SQLITE_FILE = "optuna.db"
 
 

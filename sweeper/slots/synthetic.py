@@ -21,9 +21,9 @@ from typing import Any
 import optuna
 
 from evaluate.reporter import RunPruned
-from sweeper.worker import FaultInjector, TrialJob, TrialOutcome, _trial_log, classify_failure, open_study, rss_mb
+from sweeper.slots.worker import FaultInjector, TrialJob, TrialOutcome, _trial_log, classify_failure, open_study, rss_mb
 
-log = logging.getLogger("sweeper.worker")
+log = logging.getLogger("sweeper.slots.worker")
 
 
 def synthetic_value(params: Mapping[str, Any]) -> float:

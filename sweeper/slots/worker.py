@@ -29,7 +29,7 @@ from pathlib import Path
 import optuna
 
 from evaluate.reporter import RunPruned
-from sweeper.reporting import OptunaReporter
+from sweeper.slots.reporting import OptunaReporter
 from train.errors import UserError
 
 PROGRESS_INTERVAL = 0.5  # seconds between progress messages: cheap for the pipe and the controller
@@ -89,7 +89,7 @@ def best_record(recipe) -> dict | None:
 
 @lru_cache(maxsize=4)
 def _cached_storage(url: str, heartbeat_interval: int, grace_period: int) -> optuna.storages.BaseStorage:
-    from sweeper.storage import make_storage
+    from sweeper.store.storage import make_storage
 
     # The controller's own opening function, so every URL form works here too; once per worker, not per trial.
     return make_storage(url, Path("."), heartbeat_interval=heartbeat_interval, grace_period=grace_period)
@@ -236,7 +236,7 @@ def run_trial(job: TrialJob, base_models: dict, progress: Callable[[int, bool], 
         _free_memory()
     seconds = time.monotonic() - started
     outcome = TrialOutcome(job.trial_number, state, values, reason, seconds, rss_mb(), step, best)
-    logging.getLogger("sweeper.worker").info("trial %d %s%s", job.trial_number, state, f": {reason}" if reason else "")
+    logging.getLogger("sweeper.slots.worker").info("trial %d %s%s", job.trial_number, state, f": {reason}" if reason else "")
     logging.getLogger().removeHandler(log_handler)
     log_handler.close()
     return outcome
@@ -246,7 +246,7 @@ def _best_record_or_none(recipe, trial_number: int) -> dict | None:
     try:
         return best_record(recipe)
     except OSError as err:  # the record serves promotion and reports; the trial's outcome stands without it
-        logging.getLogger("sweeper.worker").warning("trial %d: best checkpoint unreadable: %s", trial_number, err)
+        logging.getLogger("sweeper.slots.worker").warning("trial %d: best checkpoint unreadable: %s", trial_number, err)
         return None
 
 
@@ -324,7 +324,7 @@ def worker_main(
         conn.send(("started", job.trial_number, os.getpid()))
         progress = _ProgressSender(conn, job.trial_number, parent_pid)
         if job.synthetic is not None:
-            from sweeper.synthetic import run_synthetic_trial
+            from sweeper.slots.synthetic import run_synthetic_trial
 
             outcome = run_synthetic_trial(job, progress)
         else:

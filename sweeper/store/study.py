@@ -28,7 +28,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.config import SweeperConfig
-from sweeper.storage import study_lock, supports_heartbeat
+from sweeper.store.storage import study_lock, supports_heartbeat
 from train.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -16,9 +16,9 @@ import optuna
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
-from sweeper.enqueue_check import check_enqueue
-from sweeper.expressions import Expression, compile_expression
-from sweeper.param_syntax import distribution_from_override, format_value, parse_value
+from sweeper.space.enqueue_check import check_enqueue
+from sweeper.space.expressions import Expression, compile_expression
+from sweeper.space.param_syntax import distribution_from_override, format_value, parse_value
 from train.errors import ConfigError
 
 __all__ = ["SearchSpace", "check_enqueue", "distribution_from_override", "parse_search_space"]

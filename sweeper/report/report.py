@@ -23,10 +23,10 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from evaluate.grid import make_grid
-from sweeper.locate import StudyRef
-from sweeper.registry import Registry
-from sweeper.search_space import display_params
-from sweeper.selection import trial_metrics
+from sweeper.results.locate import StudyRef
+from sweeper.results.registry import Registry
+from sweeper.results.selection import trial_metrics
+from sweeper.space.search_space import display_params
 from train.atomic import write_bytes_atomic
 
 TEMPLATE = "report.html.j2"

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sweeper.param_syntax import format_value
-from sweeper.search_space import SearchSpace, describe_when, probe_points
+from sweeper.space.param_syntax import format_value
+from sweeper.space.search_space import SearchSpace, describe_when, probe_points
 from train.errors import ConfigError, UserError
 
 
