@@ -35,6 +35,7 @@ def run_arm(args, controllers: int, model: Path, work: Path, env: dict) -> dict:
     import optuna
 
     from sweeper.store.budget import counts_against_budget
+    from sweeper.store.duplicates import repeated_configurations
     from sweeper.store.storage import make_storage
 
     name = f"bench-controllers-{controllers}-{uuid.uuid4().hex[:6]}"
@@ -59,7 +60,6 @@ def run_arm(args, controllers: int, model: Path, work: Path, env: dict) -> dict:
     study = optuna.load_study(study_name=name, storage=storage)
     trials = study.get_trials()
     trained = [t for t in trials if "duplicate_of" not in t.user_attrs and t.state.name == "COMPLETE"]
-    keys = [repr(sorted(t.params.items())) for t in trained]
     starts = [t.datetime_start.timestamp() for t in trained if t.datetime_start]
     ends = [t.datetime_complete.timestamp() for t in trained if t.datetime_complete]
     span = max(ends) - min(starts) if starts and ends else float("nan")
@@ -69,7 +69,7 @@ def run_arm(args, controllers: int, model: Path, work: Path, env: dict) -> dict:
         "exit": ",".join(map(str, codes)),
         "states": {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
         "total": sum(counts_against_budget(t) for t in trials),
-        "repeats": len(keys) - len(set(keys)),
+        "repeats": repeated_configurations(trials),
         "span": span,
         "wall": wall,
         "per_hour_span": len(trained) / span * 3600 if span == span else float("nan"),

@@ -161,21 +161,6 @@ def unreadable_files(sweep_dir: Path) -> list[str]:
     return bad
 
 
-def repeated_configurations(all_trials: list) -> int:
-    trained = {t.number: t for t in all_trials if "duplicate_of" not in t.user_attrs and t.params}
-    first: dict[str, int] = {}
-    repeats = 0
-    for trial in trained.values():
-        root = trial.number
-        while root in trained and "retry_of" in trained[root].user_attrs:
-            root = trained[root].user_attrs["retry_of"]
-        key = repr(sorted(trial.params.items()))
-        if key in first and first[key] != root:
-            repeats += 1
-        first.setdefault(key, root)
-    return repeats
-
-
 def counted(trial) -> bool:
     from sweeper.store.budget import counts_against_budget
 
@@ -247,6 +232,8 @@ def main() -> None:
     bad_files = unreadable_files(sweep_dir)
     from rich.console import Console
     from rich.table import Table
+
+    from sweeper.store.duplicates import repeated_configurations
 
     title = "synthetic trials (sleep and report)" if args.synthetic else f"tiny-model trials of {args.steps} steps"
     table = Table(title=f"controller SIGKILL + immediate resume, {title}, {args.slots} slots")

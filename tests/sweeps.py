@@ -61,8 +61,12 @@ def load(sweep_dir: Path, study_name: str = "demo", storage: str | None = None) 
 
 
 def counted(study: optuna.Study) -> list:
-    """Trials that count toward n_trials: all but failed ones that were re-queued."""
-    return [t for t in study.get_trials() if not (t.state == TrialState.FAIL and t.user_attrs.get("requeued"))]
+    """Trials that count toward n_trials: all but failed ones that were re-queued or skipped as repeats."""
+    return [
+        t
+        for t in study.get_trials()
+        if not (t.state == TrialState.FAIL and (t.user_attrs.get("requeued") or t.user_attrs.get("skipped")))
+    ]
 
 
 def synthetic_sweep_args(
@@ -98,15 +102,6 @@ def trained(study: optuna.Study) -> list:
 
 def repeated_configurations(study: optuna.Study) -> int:
     """How many trained trials repeat another trained trial's params (a retry repeats its own trial: not counted)."""
-    first: dict[str, int] = {}
-    repeats = 0
-    trials = {t.number: t for t in trained(study)}
-    for trial in trials.values():
-        key = repr(sorted(trial.params.items()))
-        root = trial.number
-        while trials.get(root) is not None and "retry_of" in trials[root].user_attrs:
-            root = trials[root].user_attrs["retry_of"]
-        if key in first and first[key] != root:
-            repeats += 1
-        first.setdefault(key, root)
-    return repeats
+    from sweeper.store.duplicates import repeated_configurations as repeats
+
+    return repeats(study.get_trials())

@@ -96,3 +96,22 @@ def test_verdict():
     failing.record("FAIL", "exit")
     message = verdict(failing, completed=0, ran=1, n_trials=1, stopped=None)
     assert message.startswith("sweep failed: no trial completed") and "1 x exit" in message
+
+
+def test_repeated_configurations_counts_trained_repeats_but_not_retries(study):
+    from sweeper.store.duplicates import repeated_configurations
+
+    first = _ran(study, 4)
+    assert repeated_configurations(study.get_trials()) == 0
+    _ran(study, 4)  # trained again without the check: the fault the tables count
+    assert repeated_configurations(study.get_trials()) == 1
+    failed = _draw(study, 8)
+    failed.set_user_attr("requeued", True)
+    study.tell(failed, state=TrialState.FAIL)
+    study.enqueue_trial({"network.dim": 8}, user_attrs={"retry_of": failed.number})
+    retry = study.ask()
+    retry.suggest_categorical("network.dim", [4, 8])
+    study.tell(retry, 0.5)
+    reused = _draw(study, 4)
+    settle_duplicate(study, reused, first)
+    assert repeated_configurations(study.get_trials()) == 1  # the retry and the reused result add none

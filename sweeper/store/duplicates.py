@@ -52,3 +52,22 @@ def settle_duplicate(study: optuna.Study, trial: optuna.Trial, twin: FrozenTrial
         trial.set_user_attr("fail_reason" if twin.state == TrialState.FAIL else "prune_reason", note)
         study.tell(trial, state=twin.state)
     return f"{note}: its result reused, not trained again"
+
+
+def repeated_configurations(trials: list[FrozenTrial]) -> int:
+    """How many trained trials repeat the params of another trained trial (a retry repeating its own: not counted).
+
+    What the checks above keep at 0; the benchmarks and tests count it on a study's trials.
+    """
+    trained = {t.number: t for t in trials if DUPLICATE_OF not in t.user_attrs and t.params}
+    first: dict[str, int] = {}
+    repeats = 0
+    for trial in trained.values():
+        root = trial.number
+        while root in trained and "retry_of" in trained[root].user_attrs:
+            root = trained[root].user_attrs["retry_of"]
+        key = repr(sorted(trial.params.items()))
+        if key in first and first[key] != root:
+            repeats += 1
+        first.setdefault(key, root)
+    return repeats
