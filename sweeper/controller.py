@@ -92,7 +92,6 @@ class SweepController:
         # The budget and stale-trial recovery share the study lock (beside the storage file, or in the server).
         self.budget = TrialBudget(self.study, self.storage, self.n_trials)
         self.running: dict[int, Running] = {}
-        self.failures = FailureRate(cfg.max_failure_rate)
         self.outcomes: list[TrialOutcome] = []  # this controller's trials, as the workers ended them
         self.stopped: str | None = None  # why no new trial starts (timeout, budget, failure rate)
         self._draw_after = 0.0  # monotonic time before which free slots wait (all draws were running twins)
@@ -104,7 +103,8 @@ class SweepController:
         for params in cfg.enqueue:
             self.study.enqueue_trial(self.space.enqueue_params(params), skip_if_exists=True)
         pool = SlotPool(slot_devices(cfg.gpus, cfg.trials_per_gpu, cfg.cpu_slots))
-        self.failures.min_judged = max(MIN_JUDGED, len(pool.devices))
+        # Judged once MIN_JUDGED trials, or one per slot if more, have finished (the plugin judges a batch).
+        self.failures = FailureRate(cfg.max_failure_rate, min_judged=max(MIN_JUDGED, len(pool.devices)))
         heartbeat = Heartbeat(self.study, self.storage, cfg.heartbeat_interval)
         started = time.time()
         next_recovery = 0.0
@@ -214,10 +214,7 @@ class SweepController:
     def _draw(self, trial: optuna.Trial) -> Draw:
         """Under the budget's lock: sample the trial's params and look for a trial that already has them."""
         values = self.space.sample(trial)
-        twin = find_twin(self.study, trial.number, trial.params)
-        if twin is not None:
-            trial.set_user_attr("duplicate_of", twin.number)  # before the lock is released
-        return Draw(trial, values, twin)
+        return Draw(trial, values, find_twin(self.study, trial.number, trial.params))
 
     def _fill_slots(self, pool: SlotPool) -> None:
         if time.monotonic() < self._draw_after:
@@ -231,7 +228,7 @@ class SweepController:
                     self._start(pool, slot, draw)
                     break
                 log.info("trial %d: %s", draw.trial.number, settle_duplicate(self.study, draw.trial, draw.twin))
-            else:  # every draw repeats a running trial: wait for one to finish
+            else:  # MAX_DRAWS repeats in a row: let a running trial finish before drawing again
                 self._draw_after = time.monotonic() + self.cfg.heartbeat_interval
                 return
 

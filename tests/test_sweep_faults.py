@@ -160,15 +160,19 @@ def test_searched_keys_and_values_are_checked_before_any_trial(tiny_model_dir, t
     assert not (sweep_dir / "0").exists()
 
 
+def _errors_in_trials(n: int) -> str:
+    """hydra.sweeper.fault_injection making trials 0..n-1 raise at their first step."""
+    return "hydra.sweeper.fault_injection=[" + ",".join(f"{{trial:{i},kind:error,at_step:1}}" for i in range(n)) + "]"
+
+
 def test_a_sweep_whose_trials_all_fail_exits_non_zero(tiny_model_dir, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    faults = ",".join(f"{{trial:{n},kind:error,at_step:1}}" for n in range(3))
     args = synthetic_sweep_args(
         tiny_model_dir,
         sweep_dir,
         "hydra.sweeper.n_trials=3",
         "hydra.sweeper.max_failure_rate=1.0",  # the rate never stops it: no completed trial must, on its own
-        f"hydra.sweeper.fault_injection=[{faults}]",
+        _errors_in_trials(3),
     )
     result = run_sweep(args, tmp_path, tmp_path / "cache")
     assert result.returncode == 1, result.stderr[-3000:]
@@ -178,14 +182,13 @@ def test_a_sweep_whose_trials_all_fail_exits_non_zero(tiny_model_dir, tmp_path):
 
 def test_past_max_failure_rate_the_sweep_stops_asking_and_exits_non_zero(tiny_model_dir, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    faults = ",".join(f"{{trial:{n},kind:error,at_step:1}}" for n in range(6))
     args = synthetic_sweep_args(
         tiny_model_dir,
         sweep_dir,
         "hydra.sweeper.n_trials=12",
         "hydra.sweeper.cpu_slots=1",
         "hydra.sweeper.max_failure_rate=0.5",
-        f"hydra.sweeper.fault_injection=[{faults}]",
+        _errors_in_trials(6),
     )
     result = run_sweep(args, tmp_path, tmp_path / "cache")
     assert result.returncode == 1, result.stderr[-3000:]

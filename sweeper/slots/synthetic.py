@@ -21,7 +21,7 @@ from typing import Any
 import optuna
 
 from evaluate.reporter import RunPruned
-from sweeper.slots.worker import FaultInjector, TrialJob, TrialOutcome, _trial_log, classify_failure, open_study, rss_mb
+from sweeper.slots.worker import FaultInjector, TrialJob, TrialOutcome, classify_failure, open_study, rss_mb, trial_log
 
 log = logging.getLogger("sweeper.slots.worker")
 
@@ -42,7 +42,7 @@ def run_synthetic_trial(job: TrialJob, progress: Callable[[int, bool], None] | N
     started = time.monotonic()
     seconds, steps = float(job.synthetic.get("seconds", 1.0)), int(job.synthetic.get("steps", 4))
     faults = FaultInjector(job.fault)
-    handler = _trial_log(Path(job.run_dir))
+    handler = trial_log(Path(job.run_dir))
     step, values = 0, None
     try:
         study = open_study(job)

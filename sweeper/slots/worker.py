@@ -214,7 +214,7 @@ def run_trial(job: TrialJob, base_models: dict, progress: Callable[[int, bool], 
         faults(step, recipe)
 
     recipe, step, values = None, 0, None
-    log_handler = _trial_log(Path(job.run_dir))
+    log_handler = trial_log(Path(job.run_dir))
     try:
         cfg = compose_run_config(job)
         if not cfg.evaluate.enabled:
@@ -250,7 +250,7 @@ def _best_record_or_none(recipe, trial_number: int) -> dict | None:
         return None
 
 
-def _trial_log(run_dir: Path) -> logging.Handler:
+def trial_log(run_dir: Path) -> logging.Handler:
     """Everything logged during the trial also goes to <run_dir>/trial.log."""
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "trial.log")

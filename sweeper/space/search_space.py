@@ -71,9 +71,10 @@ class SearchSpace:
             out.append(f"{key}={self.fixed[key] if same else format_value(value)}")
         return out
 
-    def values_with(self, by_name: Mapping[str, Any], by_key: Mapping[str, Any] = {}) -> dict[str, Any]:  # noqa: B006
+    def values_with(self, by_name: Mapping[str, Any], by_key: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Config values of one hypothetical trial: params from ``by_name`` (Optuna names), else ``by_key``,
         else each distribution's first value (its first choice, its low end)."""
+        by_key = by_key or {}
 
         def pick(key: str, name: str, dist: BaseDistribution) -> Any:
             if name in by_name:

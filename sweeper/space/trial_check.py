@@ -12,7 +12,7 @@ from sweeper.config import SweeperConfig
 from train.errors import ConfigError, UserError
 
 
-def _first_line(err: Exception) -> str:
+def _message(err: Exception) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     return " ".join(lines[:2]) if lines else type(err).__name__
 
@@ -64,4 +64,4 @@ class TrialCheck:
             job = TrialJob(-1, -1, self.cfg.study_name, "", overrides, str(self.run_dir), str(self.config_dir))
             return compose_run_config(job)
         except (HydraException, OmegaConfBaseException) as err:
-            raise ConfigError(_first_line(err)) from None
+            raise ConfigError(_message(err)) from None

@@ -260,14 +260,14 @@ def _redis_lock(client, name: str) -> Iterator[None]:
         yield
 
 
-def _unwrap(storage: BaseStorage) -> BaseStorage:
+def unwrap_storage(storage: BaseStorage) -> BaseStorage:
     # optuna.create_study wraps an RDBStorage in a cache; the engine lives on the inner one.
     return storage._backend if isinstance(storage, _CachedStorage) else storage
 
 
 def storage_file(storage: BaseStorage) -> Path | None:
     """The file behind a SQLite or journal-file storage, else None."""
-    storage = _unwrap(storage)
+    storage = unwrap_storage(storage)
     if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "sqlite":
         database = storage.engine.url.database
         return Path(database) if database and database != ":memory:" else None
@@ -284,7 +284,7 @@ def study_lock(storage: BaseStorage, study_name: str, lock_path: Path | None = N
     the storage file, so every controller sharing that file shares the lock.
     """
     name = _lock_name(study_name)
-    raw = _unwrap(storage)
+    raw = unwrap_storage(storage)
     if isinstance(raw, RDBStorage) and raw.engine.dialect.name == "postgresql":
         return _postgres_lock(raw.engine, name)
     if isinstance(raw, RDBStorage) and raw.engine.dialect.name == "mysql":

@@ -28,7 +28,7 @@ from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from sweeper.config import SweeperConfig
-from sweeper.store.storage import study_lock, supports_heartbeat
+from sweeper.store.storage import study_lock, supports_heartbeat, unwrap_storage
 from train.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -262,8 +262,7 @@ def _trials_with_heartbeat(storage: BaseStorage, trial_ids: list[int]) -> set[in
         return set()
     from optuna.storages._rdb import models
 
-    storage = getattr(storage, "_backend", storage)
-    session = storage.scoped_session()
+    session = unwrap_storage(storage).scoped_session()
     try:
         rows = session.query(models.TrialHeartbeatModel.trial_id).filter(
             models.TrialHeartbeatModel.trial_id.in_(trial_ids)
