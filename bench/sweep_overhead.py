@@ -218,7 +218,6 @@ def drive(name: str, runner, study, storage_url: str, trial_overrides: list[list
                     storage_url=storage_url,
                     overrides=pending.pop(0),
                     run_dir=str(work / name / str(trial.number)),
-                    config_dir=str(CONF_DIR),
                     report_metric="val_loss",
                     pruner=NO_PRUNING,
                 )
@@ -336,7 +335,7 @@ def part_two(args, work: Path, base: list[str]) -> list[PruneResult]:
             "pruner": pruner,
         }
         controller = SweepController(
-            sweeper_config(kwargs), base_overrides=overrides, sweep_dir=work / f"part2-{name}", config_dir=CONF_DIR
+            sweeper_config(kwargs), base_overrides=overrides, sweep_dir=work / f"part2-{name}"
         )
         started = time.monotonic()
         study = controller.run()

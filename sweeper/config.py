@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +19,12 @@ def _require(ok: bool, key: str, message: str) -> None:
 class ConditionalSpace:
     # Sample `params` only in trials where every key of `when` took one of its listed values.
     when: dict[str, list[Any]] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] | None = field(default_factory=dict)
+    # The plugin's deprecated form of params: {key: {type: int|float|categorical, low, high, step, log, choices}}.
+    search_space: dict[str, Any] | None = None
+    # The plugin's hook: "module.function" called as function(cfg, trial) after the params are sampled;
+    # the params it suggests are passed to the trial as `name=value` overrides.
+    custom_search_space: str | None = None
 
 
 @dataclass
@@ -74,10 +81,12 @@ class SweeperConfig:
     _target_: str = "hydra_plugins.lora_sweeper.LoRASweeper"
     # Sampler and pruner stay config here; create_study instantiates them with clear errors.
     _recursive_: bool = False
-    study_name: str = "lora-sweep"
+    # null: a new study with a generated name on every run, as Optuna and the plugin do (no resume).
+    study_name: str | None = "lora-sweep"
     # null: sqlite in the sweep dir. Also journal:///path.log, redis://host:6379/0, postgresql://..., mysql://...
     storage: str | None = None
-    direction: Any = "maximize"  # or a list for multi-objective
+    # null: evaluate.objective.direction (the trial value is that objective). A list for multi-objective.
+    direction: Any = None
     # Multi-objective: the evaluation metric behind each direction, e.g. [clip_t, aesthetic].
     objectives: list[str] | None = None
     n_trials: int = 8  # total for the study, across processes and hosts
@@ -87,6 +96,8 @@ class SweeperConfig:
     gpus: list[int] | None = None
     trials_per_gpu: int = 1
     cpu_slots: int = 2
+    # The plugin's setting: at most this many trials at once (null: one per slot). More than the slots: the slots.
+    n_jobs: int | None = None
     max_retries: int = 0  # re-runs of a failed configuration
     # The official Optuna sweeper's setting: past this share of failed trials the sweep stops asking, lets the
     # running ones finish and exits 1. Its default there is 0.0 (any failure); long GPU sweeps meet the odd OOM.
@@ -95,7 +106,12 @@ class SweeperConfig:
     report: str = "objective"
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})
     pruner: Any = field(default_factory=lambda: {"_target_": "optuna.pruners.MedianPruner"})
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] | None = field(default_factory=dict)
+    # The plugin's deprecated form of params: {key: {type: int|float|categorical, low, high, step, log, choices}}.
+    search_space: dict[str, Any] | None = None
+    # The plugin's hook: "module.function" called as function(cfg, trial) after the params are sampled;
+    # the params it suggests are passed to the trial as `name=value` overrides.
+    custom_search_space: str | None = None
     conditional: list[ConditionalSpace] = field(default_factory=list)
     # Derived values: key -> arithmetic over sampled keys, e.g. {network.alpha: "network.dim * _alpha_ratio"}.
     derived: dict[str, str] = field(default_factory=dict)
@@ -116,7 +132,8 @@ class SweeperConfig:
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
         _require(0 <= self.max_failure_rate <= 1, "max_failure_rate", f"must be in [0, 1], got {self.max_failure_rate}")
         _require(self.report in ("objective", "val_loss"), "report", "must be objective or val_loss")
-        directions = self.direction if isinstance(self.direction, list) else [self.direction]
+        _require(self.n_jobs is None or self.n_jobs >= 1, "n_jobs", f"must be >= 1 or null, got {self.n_jobs}")
+        directions = self.directions() or []
         for d in directions:
             _require(d in ("maximize", "minimize"), "direction", f"must be maximize or minimize, got {d!r}")
         if len(directions) > 1:
@@ -133,3 +150,24 @@ class SweeperConfig:
             unknown = sorted(set(spec) - {"seconds", "steps"})
             _require(not unknown, "synthetic_trial", f"unknown key(s) {unknown}; it takes seconds and steps")
             self.synthetic_trial = SyntheticTrial(**spec)
+
+    def directions(self) -> list[str] | None:
+        """The study's directions as a list; None until taken from the objective (direction: null)."""
+        if self.direction is None:
+            return None
+        return list(self.direction) if isinstance(self.direction, list | tuple) else [self.direction]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.directions() or []) > 1
+
+
+def check_sweeper_keys(kwargs: dict[str, Any]) -> None:
+    """Unknown ``hydra.sweeper`` keys: one message with the valid keys and the nearest match."""
+    valid = sorted(f.name for f in dataclasses.fields(SweeperConfig) if not f.name.startswith("_"))
+    for key in kwargs:
+        if key.startswith("_") or key in valid:
+            continue
+        near = difflib.get_close_matches(key, valid, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ConfigError(f"hydra.sweeper.{key}: unknown key; {hint}valid keys: {', '.join(valid)}")

@@ -13,9 +13,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
@@ -25,10 +25,13 @@ from evaluate.secrets import scrub_text
 from sweeper.config import SweeperConfig
 from sweeper.report.live_table import LiveTable
 from sweeper.results.results import write_results
-from sweeper.slots.pool import SlotPool, slot_devices
+from sweeper.slots.compose import ConfigSource
+from sweeper.slots.pool import SlotPool, concurrent_slots, slot_devices
 from sweeper.slots.worker import TrialJob, TrialOutcome
+from sweeper.space.custom import custom_search_space
+from sweeper.space.grid import with_grid
 from sweeper.space.preflight import check_search_space
-from sweeper.space.search_space import check_enqueue, parse_search_space
+from sweeper.space.search_space import check_enqueue, is_virtual, parse_search_space
 from sweeper.space.trial_check import TrialCheck
 from sweeper.store.budget import TrialBudget
 from sweeper.store.duplicates import find_twin, settle_duplicate
@@ -64,25 +67,30 @@ class SweepController:
         *,
         base_overrides: list[str],
         sweep_dir: Path,
-        config_dir: Path,
-        compose: Callable[[list[str]], object] | None = None,
+        source: ConfigSource | None = None,
+        task_config: Any = None,
     ):
         self.cfg = cfg
         self.base_overrides = list(base_overrides)
         self.sweep_dir = Path(sweep_dir)
-        self.config_dir = Path(config_dir)
+        self.source = source or ConfigSource.default()
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         self.storage_url = cfg.storage or f"sqlite:///{self.sweep_dir / 'optuna.db'}"
-        self.multi_objective = isinstance(cfg.direction, list) and len(cfg.direction) > 1
         # Everything the user can get wrong is checked before a worker starts.
         self.space = parse_search_space(cfg.params, cfg.conditional, cfg.derived)
         check_enqueue(self.space, cfg.enqueue)
+        self.extend_space = custom_search_space(cfg.custom_search_space, task_config)
         self.storage = make_storage(
             self.storage_url, self.sweep_dir, heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period
         )
-        checker = TrialCheck(cfg, self.base_overrides, self.sweep_dir / "preflight", config_dir, compose)
-        checker([])  # the command line's own overrides first: their errors name their own keys
+        checker = TrialCheck(cfg, self.base_overrides, self.sweep_dir / "preflight", self.source)
+        base = checker([])  # the command line's own overrides first: their errors name their own keys
+        if cfg.direction is None:
+            cfg.direction = base.evaluate.objective.direction
+            log.info("direction %s, from evaluate.objective.direction", cfg.direction)
+        self.multi_objective = cfg.multi_objective
         log.info("checked %d trial configs of the search space", check_search_space(self.space, checker))
+        cfg.sampler = with_grid(cfg.sampler, self.space)
         self.study = create_study(cfg, self.storage)
         self.n_trials = cfg.n_trials
         self.grid = grid_points(cfg.sampler)
@@ -102,7 +110,7 @@ class SweepController:
         log.info("study %r on %s", cfg.study_name, describe_storage(self.storage_url))
         for params in cfg.enqueue:
             self.study.enqueue_trial(self.space.enqueue_params(params), skip_if_exists=True)
-        pool = SlotPool(slot_devices(cfg.gpus, cfg.trials_per_gpu, cfg.cpu_slots))
+        pool = SlotPool(concurrent_slots(slot_devices(cfg.gpus, cfg.trials_per_gpu, cfg.cpu_slots), cfg.n_jobs))
         # Judged once MIN_JUDGED trials, or one per slot if more, have finished (the plugin judges a batch).
         self.failures = FailureRate(cfg.max_failure_rate, min_judged=max(MIN_JUDGED, len(pool.devices)))
         heartbeat = Heartbeat(self.study, self.storage, cfg.heartbeat_interval)
@@ -134,7 +142,7 @@ class SweepController:
             heartbeat.stop()
             pool.shutdown()
         self.utilization = pool.utilization()
-        write_results(self.study, self.sweep_dir / "optimization_results.yaml")
+        write_results(self.study, self.sweep_dir / "optimization_results.yaml", self._config_values)
         table.print_best()
         self._judge()
         return self.study
@@ -184,7 +192,7 @@ class SweepController:
             storage_url=self.storage_url,
             overrides=self.base_overrides + overrides,
             run_dir=str(run_dir),
-            config_dir=str(self.config_dir),
+            source=self.source,
             report_metric=self.cfg.report,
             fault=self._fault_for(number),
             objective_metrics=list(self.cfg.objectives) if self.multi_objective else None,
@@ -214,7 +222,16 @@ class SweepController:
     def _draw(self, trial: optuna.Trial) -> Draw:
         """Under the budget's lock: sample the trial's params and look for a trial that already has them."""
         values = self.space.sample(trial)
+        if self.extend_space is not None:
+            values.update(self.extend_space(trial))
         return Draw(trial, values, find_twin(self.study, trial.number, trial.params))
+
+    def _config_values(self, params: dict) -> dict:
+        """A trial's values by the keys a user passes (results file): no virtual keys, derived ones included."""
+        values = self.space.values_from_params(params)
+        known = set(values) | self.space.param_names()
+        values.update({name: value for name, value in params.items() if name not in known and not is_virtual(name)})
+        return values
 
     def _fill_slots(self, pool: SlotPool) -> None:
         if time.monotonic() < self._draw_after:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalW
 
 
 def new_study(storage, **kwargs) -> optuna.Study:
-    return create_study(SweeperConfig(study_name=f"t-{uuid.uuid4().hex[:12]}", **kwargs), storage)
+    return create_study(SweeperConfig(**{"study_name": f"t-{uuid.uuid4().hex[:12]}", "direction": "maximize", **kwargs}), storage)
 
 
 def test_asks_exactly_n_trials(tmp_path):

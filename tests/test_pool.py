@@ -9,7 +9,6 @@ import pytest
 
 from sweeper.slots.pool import SlotPool, _death_reason, slot_devices
 from sweeper.slots.worker import TrialJob
-from tests.conftest import CONF_DIR
 from tests.test_worker import FAST, NO_PRUNING
 
 
@@ -72,7 +71,6 @@ def test_pool_runs_trials_on_both_slots_and_replaces_a_killed_worker(pool, tmp_p
                 storage_url=url,
                 overrides=[*FAST, f"model.path={tiny_model_dir}", f"paths.cache_dir={cache}"],
                 run_dir=str(tmp_path / f"trial{number}"),
-                config_dir=str(CONF_DIR),
                 fault={"kind": "exit", "at_step": 2} if number == 1 else None,
                 pruner=NO_PRUNING,
             )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from sweeper.slots.compose import ConfigSource
 from sweeper.space.preflight import check_search_space, probes
 from sweeper.space.search_space import parse_search_space
 from train.errors import ConfigError
@@ -103,7 +104,7 @@ def test_the_real_check_composes_and_runs_the_trials_preflight(tmp_path, tiny_mo
         [{"when": {"noise": ["offset"]}, "params": {"noise.sampler.offset": "interval(0.05, 0.1)"}}],
     )
     base = [f"model.path={tiny_model_dir}", f"paths.cache_dir={tmp_path / 'cache'}", "logger=none"]
-    check = TrialCheck(SweeperConfig(direction="maximize"), base, tmp_path / "preflight", CONF_DIR)
+    check = TrialCheck(SweeperConfig(direction="maximize"), base, tmp_path / "preflight", ConfigSource.default(CONF_DIR))
     assert check_search_space(space, check) == 3
     typo = parse_search_space(
         {"noise": "choice(none, offset)"},

@@ -166,13 +166,22 @@ BAD_PARAMS = [
     ("choice()", "empty choice"),
     ([], "empty list"),
     ("range(5, 1)", "no values"),
-    ("range(1, 1)", "no values"),
     ("range(0, 10, step=-1)", "step must be > 0"),
     ("tag(foo, interval(0, 1))", "unsupported tag foo"),
-    ("tag(log, range(1, 4))", "unsupported tag log"),
+    ("tag(log, choice(1, 4))", "unsupported tag log"),
     ("glob(*)", "glob"),
     ("interval(1, 2),interval(3, 4)", "cannot contain another sweep"),
 ]
+
+
+def test_forms_the_official_plugin_accepts(caplog):
+    # range(1,1) is one value; `log` on a range is dropped, as the plugin drops it, but said.
+    space = parse_search_space({"a": "range(1,1)", "b": "tag(log, range(1, 4))", "c": "range(0.5, 0.5, step=0.5)"})
+    assert space.distributions["a"] == IntDistribution(1, 1)
+    assert space.distributions["b"] == IntDistribution(1, 4)
+    assert space.distributions["c"] == FloatDistribution(0.5, 0.5, step=0.5)
+    assert "hydra.sweeper.params.b: `log` is ignored on range()" in caplog.text
+    assert parse_search_space(None).distributions == {}  # params: null
 
 
 @pytest.mark.parametrize(("value", "problem"), BAD_PARAMS)

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed
 def _roundtrip(storage) -> int:
     """Create a study, finish one trial, load it back through a second handle; returns its trial count."""
     name = f"t-{uuid.uuid4().hex[:12]}"
-    study = create_study(SweeperConfig(study_name=name), storage)
+    study = create_study(SweeperConfig(study_name=name, direction="maximize"), storage)
     try:
         trial = study.ask()
         study.tell(trial, trial.suggest_float("x", 0, 1))
@@ -180,10 +180,10 @@ def test_workers_open_every_url_form_the_controller_opens(tmp_path, form):
     }[form]()
     storage = make_storage(url, tmp_path, heartbeat_interval=5, grace_period=12)
     name = f"t-{uuid.uuid4().hex[:12]}"
-    study = create_study(SweeperConfig(study_name=name), storage)
+    study = create_study(SweeperConfig(study_name=name, direction="maximize"), storage)
     try:
         trial = study.ask()
-        job = TrialJob(trial.number, trial._trial_id, name, url, [], str(tmp_path / "0"), str(tmp_path))
+        job = TrialJob(trial.number, trial._trial_id, name, url, [], str(tmp_path / "0"))
         optuna.trial.Trial(open_study(job), trial._trial_id).report(0.5, step=1)
         assert study.trials[0].intermediate_values == {1: 0.5}
     finally:
@@ -198,7 +198,7 @@ def _first_open(url: str, barrier, results) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     barrier.wait()
     try:
-        create_study(SweeperConfig(study_name="same"), make_storage(url, Path(".")))
+        create_study(SweeperConfig(study_name="same", direction="maximize"), make_storage(url, Path(".")))
         results.put("ok")
     except Exception as exc:  # reported to the test, which names it
         results.put(f"{type(exc).__name__}: {exc}")

@@ -34,7 +34,7 @@ pytestmark = [
 
 
 def cfg(**kwargs) -> SweeperConfig:
-    return SweeperConfig(study_name=f"t-{uuid.uuid4().hex[:12]}", **kwargs)
+    return SweeperConfig(**{"study_name": f"t-{uuid.uuid4().hex[:12]}", "direction": "maximize", **kwargs})
 
 
 def run_trials(study: optuna.Study, n: int) -> None:
@@ -86,7 +86,7 @@ def test_every_shipped_pruner(tmp_path, target):
         ("pruner", {"_target_": "no.such.Pruner"}, "hydra.sweeper.pruner._target_: unknown"),
         ("sampler", {"seed": 0}, "hydra.sweeper.sampler: needs a _target_"),
         ("sampler", {"_target_": "optuna.samplers.GridSampler"}, "GridSampler needs search_space"),
-        ("sampler", {"_target_": "optuna.samplers.TPESampler", "bogus": 1}, "hydra.sweeper.sampler: optuna.samplers"),
+        ("sampler", {"_target_": "optuna.samplers.TPESampler", "bogus": 1}, "hydra.sweeper.sampler.bogus: TPESampler takes no bogus"),
         ("pruner", {"_target_": "optuna.pruners.MedianPruner", "n_startup_trials": -1}, "hydra.sweeper.pruner:"),
         ("pruner", {"_target_": "optuna.samplers.RandomSampler"}, "is not an optuna.pruners"),
     ],

@@ -11,7 +11,6 @@ import pytest
 from sweeper.slots import worker
 from sweeper.slots.reporting import OptunaReporter
 from sweeper.slots.worker import TrialJob, run_trial
-from tests.conftest import CONF_DIR
 
 FAST = [
     "train.max_train_steps=4",
@@ -54,7 +53,6 @@ def make_job(study, tmp_path, tiny_model_dir, sweep_cache):
             storage_url=f"sqlite:///{tmp_path / 'study.db'}",
             overrides=[*FAST, f"model.path={tiny_model_dir}", f"paths.cache_dir={sweep_cache}", *overrides],
             run_dir=str(tmp_path / f"trial{trial.number}"),
-            config_dir=str(CONF_DIR),
             report_metric=metric,
             fault=fault,
             pruner=pruner,

@@ -46,5 +46,17 @@ def main(cfg: DictConfig) -> str | None:
     return str(final)
 
 
+def _check_arguments() -> None:
+    """What Hydra would reject with a hint and exit 1, said in one line with exit 2 (unknown hydra.sweeper keys)."""
+    from sweeper.plugin_compat import check_sweeper_arguments
+
+    try:
+        check_sweeper_arguments(sys.argv[1:])
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
+    _check_arguments()
     main()

@@ -15,7 +15,6 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from evaluate.config import EvaluateConfig, LoggerConfig
-from sweeper.config import SweeperConfig
 from train.errors import ConfigError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -311,5 +310,4 @@ def register_configs() -> None:
     cs.store(group="noise", name="noise_schema", node=NoiseConfig)
     cs.store(group="evaluate", name="evaluate_schema", node=EvaluateConfig)
     cs.store(group="logger", name="logger_schema", node=LoggerConfig)
-    # `python -m train -m` runs the LoRA sweeper (hydra_plugins/lora_sweeper -> sweeper/).
-    cs.store(group="hydra/sweeper", name="lora", node=SweeperConfig)
+    # hydra/sweeper=lora (the sweeper's own groups) is registered by hydra_plugins/lora_sweeper.

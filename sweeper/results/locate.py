@@ -77,13 +77,16 @@ def _studies_in(db: Path) -> list[str]:
         storage.engine.dispose()
 
 
-def newest_sweep_dir(root: Path, study_name: str) -> Path:
-    """The most recently written sweep dir under ``root`` whose SQLite storage holds ``study_name``."""
+def newest_sweep_dir(root: Path, study_name: str | None) -> Path:
+    """The most recently written sweep dir under ``root`` whose SQLite storage holds ``study_name``.
+
+    A null study name (a study Optuna named) takes the newest sweep dir holding exactly one study.
+    """
     databases = sorted(root.glob(f"**/{SQLITE_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True)
     seen: dict[str, list[str]] = {}
     for db in databases:
         names = _studies_in(db)
-        if study_name in names:
+        if study_name in names or (study_name is None and len(names) == 1):
             return db.parent
         seen[str(db.parent)] = names
     if not databases:

@@ -38,6 +38,24 @@ def slot_devices(gpus: list[int] | None, trials_per_gpu: int, cpu_slots: int) ->
     return [name for _ in range(trials_per_gpu) for name in names]
 
 
+def concurrent_slots(devices: list[str | None], n_jobs: int | None) -> list[str | None]:
+    """The slots a sweep uses: ``n_jobs`` (the plugin's concurrent trials) of them, or all when it is null."""
+    if n_jobs is None or n_jobs == len(devices):
+        return devices
+    if n_jobs > len(devices):
+        where = "GPU slots (gpus x trials_per_gpu)" if devices[0] is not None else "CPU slots (cpu_slots)"
+        log.warning(
+            "hydra.sweeper.n_jobs=%d but there are %d %s: %d trials run at once",
+            n_jobs,
+            len(devices),
+            where,
+            len(devices),
+        )
+        return devices
+    log.info("hydra.sweeper.n_jobs=%d: %d of the %d slots run trials", n_jobs, n_jobs, len(devices))
+    return devices[:n_jobs]
+
+
 def _death_reason(exitcode: int | None, step: int) -> str:
     if exitcode is not None and exitcode < 0:
         try:

@@ -2,8 +2,8 @@
 
 Used by tests and ``bench/`` (``hydra.sweeper.synthetic_trial``) and named as
 such wherever a figure comes from it. Everything around the trial is real: the
-controller, the budget, the storage the worker opens, heartbeats, stale-trial
-recovery, pruning and the slot pool. Only the LoRA training is replaced, by a
+controller, the trial's config composition, the budget, the storage the worker
+opens, heartbeats, stale-trial recovery, pruning and the slot pool. Only the LoRA training is replaced, by a
 sleep and a value computed from the trial's params, so the same configuration
 always scores the same.
 """
@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 
 from evaluate.reporter import RunPruned
+from sweeper.slots.compose import compose_trial
 from sweeper.slots.worker import FaultInjector, TrialJob, TrialOutcome, classify_failure, open_study, rss_mb, trial_log
 
 log = logging.getLogger("sweeper.slots.worker")
@@ -45,6 +46,7 @@ def run_synthetic_trial(job: TrialJob, progress: Callable[[int, bool], None] | N
     handler = trial_log(Path(job.run_dir))
     step, values = 0, None
     try:
+        compose_trial(job.source, job.overrides, job.run_dir)  # a config no real trial could compose fails here too
         study = open_study(job)
         trial = optuna.trial.Trial(study, job.trial_id)
         value = synthetic_value(trial.params)

@@ -22,13 +22,14 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
 import optuna
 
 from evaluate.reporter import RunPruned
+from sweeper.slots.compose import ConfigSource, compose_trial
 from sweeper.slots.reporting import OptunaReporter
 from train.errors import UserError
 
@@ -43,7 +44,6 @@ class TrialJob:
     storage_url: str
     overrides: list[str]  # Hydra overrides of conf/config.yaml: base ones + sampled ones
     run_dir: str
-    config_dir: str  # the conf/ folder
     report_metric: str = "objective"
     fault: dict | None = None  # {"kind": "oom" | "exit" | "nan" | "error", "at_step": k}
     objective_metrics: list[str] | None = None  # multi-objective: these scores of the best evaluation
@@ -51,6 +51,8 @@ class TrialJob:
     synthetic: dict | None = None  # hydra.sweeper.synthetic_trial: sleep and report instead of training
     heartbeat_interval: int = 10  # the storage settings the controller opened it with
     grace_period: int = 30
+    # The controller's config name, search path and hydra.* overrides: trials compose as the controller does.
+    source: ConfigSource = field(default_factory=ConfigSource.default)
 
 
 @dataclass
@@ -108,16 +110,6 @@ def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         resident_pages = int(f.read().split()[1])
     return resident_pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def compose_run_config(job: TrialJob):
-    from hydra import compose, initialize_config_dir
-
-    from train.__main__ import to_run_config
-
-    with initialize_config_dir(config_dir=job.config_dir, version_base="1.3"):
-        cfg = compose("config", overrides=[*job.overrides, f"paths.output_dir={job.run_dir}"])
-    return to_run_config(cfg)
 
 
 def base_model_for(model_cfg, base_models: dict):
@@ -216,7 +208,7 @@ def run_trial(job: TrialJob, base_models: dict, progress: Callable[[int, bool], 
     recipe, step, values = None, 0, None
     log_handler = trial_log(Path(job.run_dir))
     try:
-        cfg = compose_run_config(job)
+        cfg = compose_trial(job.source, job.overrides, job.run_dir)
         if not cfg.evaluate.enabled:
             raise UserError("no evaluation configured")  # nothing to tell Optuna; spend no training on it
         reporter = OptunaReporter(open_study(job), job.trial_id, job.report_metric)

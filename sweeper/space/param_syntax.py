@@ -7,6 +7,7 @@ or crash on (empty ranges, log of 0, unknown tags, glob) with a ConfigError nami
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from functools import lru_cache
@@ -28,6 +29,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from train.errors import ConfigError
 
 _PRIMITIVES = (str, int, float, bool)
+log = logging.getLogger(__name__)
 
 
 @lru_cache(maxsize=1)
@@ -62,7 +64,15 @@ def distribution_from_override(key: str, value: Any, *, where: str = "hydra.swee
         _check_tags(name, sweep, "choice", allowed=set())
         return _categorical(name, sweep.list)
     if isinstance(sweep, RangeSweep):
-        _check_tags(name, sweep, "range", allowed=set())
+        _check_tags(name, sweep, "range", allowed={"log"})
+        if "log" in sweep.tags:  # the plugin drops the tag on a range; say so rather than search linearly unawares
+            log.warning(
+                "%s: `log` is ignored on range() (as the official Optuna sweeper ignores it); "
+                "for a log scale use tag(log, int(interval(%s, %s)))",
+                name,
+                format_value(sweep.start),
+                format_value(sweep.stop),
+            )
         return _range(name, sweep)
     if isinstance(sweep, IntervalSweep):
         _check_tags(name, sweep, "interval", allowed={"log"})
@@ -95,8 +105,8 @@ def _range(name: str, sweep: RangeSweep) -> BaseDistribution:
     start, stop, step = sweep.start, sweep.stop, sweep.step
     if not step or step <= 0:
         raise ConfigError(f"{name}: range step must be > 0, got {step}")
-    if start >= stop:
-        raise ConfigError(f"{name}: range({start}, {stop}) has no values (stop must be > start)")
+    if start > stop:
+        raise ConfigError(f"{name}: range({start}, {stop}) has no values (stop must be >= start)")
     if sweep.shuffle:  # shuffle only changes the enumeration order; keep it stable so every process agrees
         return _categorical(name, list(sweep.range()))
     # As the plugin: `stop` becomes Optuna's inclusive `high`, so range(1, 4) samples 1..4.

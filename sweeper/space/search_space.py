@@ -83,6 +83,10 @@ class SearchSpace:
 
         return self._resolve(pick)
 
+    def param_names(self) -> set[str]:
+        """Every Optuna parameter name this space samples (top-level keys, conditional blocks' names)."""
+        return set(self.distributions) | {name for block in self._names for name in block.values()}
+
     def param_name(self, block: int, key: str) -> str:
         """The Optuna parameter name of `key` in conditional block `block`."""
         return self._names[block][key]

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from sweeper.config import SweeperConfig
+from sweeper.slots.compose import ConfigSource, compose_trial
 from train.errors import ConfigError, UserError
 
 
@@ -25,22 +25,15 @@ class TrialCheck:
     the one every trial runs before it loads a model.
     """
 
-    def __init__(
-        self,
-        cfg: SweeperConfig,
-        base_overrides: list[str],
-        run_dir: Path,
-        config_dir: Path,
-        compose: Callable[[list[str]], object] | None = None,
-    ):
-        self.cfg, self.base_overrides, self.run_dir = cfg, list(base_overrides), Path(run_dir)
-        self.config_dir, self.compose = Path(config_dir), compose
+    def __init__(self, cfg: SweeperConfig, base_overrides: list[str], run_dir: Path, source: ConfigSource):
+        self.cfg, self.base_overrides, self.run_dir, self.source = cfg, list(base_overrides), Path(run_dir), source
 
-    def __call__(self, overrides: list[str]) -> None:
+    def __call__(self, overrides: list[str]):
+        """The trial's RunConfig once it passed; a UserError naming the problem otherwise."""
         from train.recipe import LoRATrainingRecipe
 
         run_cfg = self._compose([*self.base_overrides, *overrides])
-        directions = self.cfg.direction if isinstance(self.cfg.direction, list) else [self.cfg.direction]
+        directions = self.cfg.directions() or [run_cfg.evaluate.objective.direction]
         if not run_cfg.evaluate.enabled:
             raise ConfigError("evaluate.enabled: a sweep needs an evaluation to score trials (e.g. evaluate=demo)")
         if len(directions) == 1 and directions[0] != run_cfg.evaluate.objective.direction:
@@ -54,14 +47,10 @@ class TrialCheck:
             raise
         except Exception as err:  # what would fail every trial with this value: say so now, not in each trial
             raise ConfigError(f"the trial's pre-flight fails: {type(err).__name__}: {err}") from None
+        return run_cfg
 
     def _compose(self, overrides: list[str]):
-        try:
-            if self.compose is not None:
-                return self.compose([*overrides, f"paths.output_dir={self.run_dir}"])
-            from sweeper.slots.worker import TrialJob, compose_run_config
-
-            job = TrialJob(-1, -1, self.cfg.study_name, "", overrides, str(self.run_dir), str(self.config_dir))
-            return compose_run_config(job)
+        try:  # as every worker composes its trial
+            return compose_trial(self.source, overrides, self.run_dir)
         except (HydraException, OmegaConfBaseException) as err:
             raise ConfigError(_message(err)) from None

@@ -40,6 +40,7 @@ SAMPLERS = {
     "optuna.samplers.CmaEsSampler": ("cmaes",),
     "optuna.samplers.GPSampler": ("torch", "scipy"),
     "optuna.samplers.NSGAIISampler": (),
+    "optuna.samplers.QMCSampler": ("scipy",),
 }
 PRUNERS = {
     f"optuna.pruners.{name}Pruner": ()
@@ -110,13 +111,34 @@ def _sampler_spec(spec, study_name: str, session: int):
     if spec is None or isinstance(spec, optuna.samplers.BaseSampler):
         return spec
     spec = OmegaConf.to_container(spec, resolve=True) if OmegaConf.is_config(spec) else dict(spec)
+    spec.pop("_partial_", None)  # the plugin's grid node: its search space is filled in by then
     parameters = _parameters(_target(spec))
+    if parameters:
+        spec = _without_inherited(spec, parameters)
     if "constant_liar" in parameters and "constant_liar" not in spec:
         # Several slots or hosts run trials at once: without it TPE proposes near-copies of running trials.
         spec["constant_liar"] = True
     if "seed" in parameters:
         spec["seed"] = session_seed(spec.get("seed"), study_name, session)
     return spec
+
+
+def _without_inherited(spec: dict, parameters: set[str]) -> dict:
+    """Drop settings another sampler's group node left (``sampler: {_target_: ...RandomSampler}`` over TPE's)."""
+    from sweeper.config_store import SAMPLER_NODES
+
+    inherited = {(k, repr(v)) for node in SAMPLER_NODES.values() for k, v in node.items()}
+    kept = {}
+    for key, value in spec.items():
+        if key.startswith("_") or key in parameters:
+            kept[key] = value
+        elif (key, repr(value)) not in inherited:
+            name = str(_target(spec)).rsplit(".", 1)[-1]
+            raise ConfigError(
+                f"hydra.sweeper.sampler.{key}: {name} takes no {key}; its settings: {', '.join(sorted(parameters))}"
+                " (pick a sampler with hydra/sweeper/sampler=tpe|random|cmaes|nsgaii|qmc|grid|gp)"
+            )
+    return kept
 
 
 def _parameters(target: str | None) -> set[str]:
@@ -145,7 +167,9 @@ def grid_points(spec) -> int | None:
 
 def create_study(cfg: SweeperConfig, storage: BaseStorage) -> optuna.Study:
     """Create the study, or load it when it exists with the same directions; seed its sampler for this session."""
-    directions = [cfg.direction] if isinstance(cfg.direction, str) else list(cfg.direction)
+    directions = cfg.directions()
+    if directions is None:
+        raise ConfigError("hydra.sweeper.direction: must be set (the controller takes it from the objective)")
     if "GridSampler" in str(_target(cfg.sampler)) and "search_space" not in cfg.sampler:
         raise ConfigError("hydra.sweeper.sampler: GridSampler needs search_space: {param: [values, ...]}")
     sampler = _build(_sampler_spec(cfg.sampler, cfg.study_name, 0), "sampler", optuna.samplers.BaseSampler, SAMPLERS)
