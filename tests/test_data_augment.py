@@ -74,7 +74,8 @@ def test_bad_reg_folder_is_one_error_naming_the_key(tmp_path, layout):
     assert problem.startswith("dataset.reg_data_dir: ") and str(reg) in problem
 
 
-def test_reg_data_dir_is_ignored_with_a_toml_and_says_so(tmp_path, caplog):
+def test_reg_data_dir_is_ignored_with_a_toml_and_says_so(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # kohya reads a TOML's relative image_dir from the current directory
     write_image(tmp_path / "a" / "x.png")
     toml = tmp_path / "d.toml"
     toml.write_text("[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nclass_tokens = 'x'\n")
@@ -96,7 +97,8 @@ def test_only_reg_images_is_still_reported(tmp_path):
     assert any("only regularization images" in p for p in caught.value.problems)
 
 
-def test_toml_accepts_color_aug_and_random_crop(tmp_path):
+def test_toml_accepts_color_aug_and_random_crop(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     write_image(tmp_path / "a" / "x.png")
     text = "[general]\ncolor_aug = true\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nrandom_crop = true\n"
     (tmp_path / "d.toml").write_text(text)

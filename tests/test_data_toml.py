@@ -49,6 +49,12 @@ enable_bucket = false
 """
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """kohya reads a TOML's relative image_dir from the current directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _write_toml(folder: Path, text: str) -> Path:
     path = folder / "dataset.toml"
     path.write_text(text, encoding="utf-8")
@@ -69,12 +75,12 @@ def _build_two_datasets(root: Path) -> Path:
 def test_two_datasets_with_general_defaults(tmp_path):
     toml_path = _build_two_datasets(tmp_path)
     first, second = read_blueprints(dataset_config(dataset_config=str(toml_path), bucket_reso_steps=32))
-    assert (first.resolution, first.batch_size, first.enable_bucket) == ((64, 64), 2, True)
+    assert (first.resolution, first.batch_size, first.enable_bucket) == ((64, 64), 2, False)  # kohya: off unless set
     assert (second.resolution, second.batch_size, second.enable_bucket) == ((96, 64), 3, False)
     assert first.bucket_reso_steps == 32  # not in the TOML: the config value
     sub_a, sub_b = first.subsets
     [sub_c] = second.subsets
-    assert sub_a.image_dir == tmp_path / "a"  # relative to the TOML's folder
+    assert sub_a.image_dir == tmp_path / "a"  # relative to the current directory, as in kohya
     assert (sub_a.num_repeats, sub_b.num_repeats, sub_c.num_repeats) == (5, 1, 1)
     assert (sub_a.keep_tokens, sub_b.keep_tokens, sub_c.keep_tokens) == (1, 2, 1)
     assert (sub_a.flip_aug, sub_b.flip_aug, sub_c.flip_aug) == (True, False, False)
@@ -98,7 +104,7 @@ def test_two_datasets_scan_and_batch(tmp_path):
 
 def test_unsupported_kohya_option_at_its_default_is_accepted(tmp_path):
     write_image(tmp_path / "a" / "x.png")
-    text = '[general]\ncolor_aug = false\nclass_tokens = "x"\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "a"\n'
+    text = '[general]\nclass_tokens = "x"\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = "a"\nalpha_mask = false\n'
     [blueprint] = read_blueprints(dataset_config(dataset_config=str(_write_toml(tmp_path, text))))
     assert blueprint.subsets[0].class_tokens == "x"
 
@@ -108,9 +114,11 @@ def test_unsupported_kohya_option_in_use_is_reported(tmp_path):
     text = "[[datasets]]\n[[datasets.subsets]]\nimage_dir = 'a'\nalpha_mask = true\n"
     with pytest.raises(DatasetError) as caught:
         read_blueprints(dataset_config(dataset_config=str(_write_toml(tmp_path, text))))
-    assert caught.value.problems == [
-        "datasets[0].subsets[0].alpha_mask: kohya option not supported by this trainer; remove it or set it to False"
-    ]
+    [problem] = caught.value.problems
+    assert problem.startswith("datasets[0].subsets[0].alpha_mask: kohya option not supported by this trainer: ")
+    assert problem.endswith(
+        "remove it or set it to false (transparent pixels are composited on white and trained like the rest)"
+    )
 
 
 def test_dataset_key_inside_a_subset_is_reported(tmp_path):

@@ -11,6 +11,12 @@ from train.data import read_blueprints, scan_records
 from train.errors import DatasetError, UserError
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """kohya reads a TOML's relative image_dir from the current directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _scan_folder(root: Path) -> DatasetError:
     with pytest.raises(DatasetError) as caught:
         scan_records(read_blueprints(dataset_config(train_data_dir=str(root))))

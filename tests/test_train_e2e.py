@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline
 from safetensors.torch import load_file
 
+from train.errors import ConfigError
 from train.recipe import LoRATrainingRecipe
 
 FAST = ["train.max_train_steps=6", "train.save_every_n_steps=null", "evaluate=none", "logger=tensorboard"]
@@ -111,10 +112,10 @@ def test_run_writes_checkpoints_summary_and_metadata(make_run):
     assert sum(tags.values()) >= 8 and all(isinstance(v, int) for v in tags.values())
 
 
-def test_caption_augmentation_disabled_by_text_cache_is_reported(make_run, caplog):
-    recipe, _ = run(make_run(*FAST, "dataset.shuffle_caption=true"))
-    assert recipe.disabled_augmentations
-    assert "disables caption shuffle/dropout" in caplog.text
+def test_caption_augmentation_with_text_cache_stops_in_preflight(make_run):
+    cfg = make_run(*FAST, "dataset.shuffle_caption=true")
+    with pytest.raises(ConfigError, match=r"train\.cache_text_encoder_outputs: .*shuffle_caption"):
+        LoRATrainingRecipe(cfg, Path(cfg.paths.output_dir)).preflight()
     recipe, _ = run(make_run(*FAST, "dataset.shuffle_caption=true", "train.cache_text_encoder_outputs=false"))
     assert recipe.disabled_augmentations == []
 

@@ -85,12 +85,14 @@ class DatasetConfig:
     # Prior preservation: class images in the same N_name layout, trained as is_reg subsets
     # (weighted by train.prior_loss_weight). Ignored when dataset_config is set (use is_reg there).
     reg_data_dir: str | None = None
-    caption_extension: str = ".txt"
+    # null: kohya's default for the source, `.caption` for a dataset_config TOML, `.txt` for a folder.
+    caption_extension: str | None = None
     # Used as caption for images without a caption file (kohya DreamBooth style).
     class_tokens: str | None = None
     resolution: list[int] = field(default_factory=lambda: [512, 512])
     batch_size: int = 1
-    enable_bucket: bool = True
+    # null: kohya's default for the source, off for a dataset_config TOML, on for a folder.
+    enable_bucket: bool | None = None
     bucket_reso_steps: int = 64
     min_bucket_reso: int = 256
     max_bucket_reso: int = 1024
@@ -130,7 +132,7 @@ class DatasetConfig:
             value = getattr(self, key)
             _require(0.0 <= value <= 1.0, f"dataset.{key}", f"must be in [0, 1], got {value}")
         _require(
-            self.caption_extension.startswith("."),
+            self.caption_extension is None or self.caption_extension.startswith("."),
             "dataset.caption_extension",
             f"must start with '.', got {self.caption_extension!r}",
         )

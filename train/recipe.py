@@ -90,6 +90,11 @@ class LoRATrainingRecipe:
         problems = data.cache_problems(self.records, cfg.train.cache_latents)
         if problems:
             raise ConfigError("train.cache_latents: " + "; ".join(problems))
+        # Cached text-encoder outputs hold one caption per image, so per-step captions stop the run here.
+        uses_text_cache = cfg.train.cache_text_encoder_outputs and not cfg.network.train_text_encoder
+        problems = data.text_cache_problems(self.records, uses_text_cache)
+        if problems:
+            raise ConfigError("train.cache_text_encoder_outputs: " + "; ".join(problems))
         if cfg.evaluate.enabled:
             self.prompts = load_prompts(cfg.evaluate)
             check_objective(cfg.evaluate.objective, cfg.evaluate.available_metrics(bool(self.val_records)))
@@ -149,8 +154,11 @@ class LoRATrainingRecipe:
 
     def _setup_caches(self) -> None:
         cfg, model = self.cfg, self.model
-        self.caption_processors = {r.subset: data.CaptionProcessor.from_subset(r.subset) for r in self.records}
-        self.disabled_augmentations: list[str] = []
+        self.caption_processors = {
+            r.subset: data.CaptionProcessor.from_subset(r.subset) for r in self.records + self.val_records
+        }
+        self.current_step = 0  # optimizer steps done: drives kohya's token warm-up
+        self.disabled_augmentations: list[str] = []  # preflight refuses what the text cache cannot do
         # The VAE stays fp32 (as loaded): SD's VAE overflows in fp16.
         model.vae.to(self.device)
         self.latents = LatentCache(
@@ -164,18 +172,10 @@ class LoRATrainingRecipe:
             model.vae.to("cpu")  # not needed on the device again
         self.text_cache = None
         if cfg.train.cache_text_encoder_outputs and not self.trainable["text_encoder"]:
-            augmenting = sorted({s.image_dir.name for s, p in self.caption_processors.items() if p.is_augmenting})
-            if augmenting:
-                self.disabled_augmentations = augmenting
-                log.warning(
-                    "train.cache_text_encoder_outputs=true disables caption shuffle/dropout for subsets %s; "
-                    "set it to false to keep them",
-                    ", ".join(augmenting),
-                )
             # Embeddings depend on the encoder's weights and the dtype it runs in.
             identity = f"{model.model_hash}:{self.weight_dtype}"
             self.text_cache = TextEmbeddingCache(self.cache_dir / "text", identity, self._encode_text)
-            self.text_cache.prepare(r.caption for r in self.records + self.val_records)
+            self.text_cache.prepare(self._fixed_caption(r) for r in self.records + self.val_records)
 
     def _setup_optimizer(self) -> None:
         cfg = self.cfg
@@ -260,6 +260,7 @@ class LoRATrainingRecipe:
         with self.run_log.progress("training", total=self.total_steps) as advance:
             while step < self.total_steps:
                 for batch in data.plan_epoch(self.records, batch_sizes, epoch, cfg.train.seed):
+                    self.current_step = step
                     with acc.accumulate(*self.trained_modules):
                         loss = self._loss(batch, epoch)
                         if not torch.isfinite(loss):
@@ -359,15 +360,23 @@ class LoRATrainingRecipe:
 
     def _text(self, batch: list, epoch: int, augment: bool = True) -> TextConditioning:
         if self.text_cache is not None:
-            return TextConditioning.stack([self.text_cache.get(r.caption) for r in batch])
+            return TextConditioning.stack([self.text_cache.get(self._fixed_caption(r)) for r in batch])
         # Captions count epochs from 1, as kohya does (caption_dropout_every_n_epochs).
         # Without augmentation (validation) the training RNG is not touched.
         if augment:
-            captions = [self.caption_processors[r.subset](r.caption, self.rng, epoch=epoch + 1) for r in batch]
+            step, total = self.current_step, self.total_steps
+            captions = [
+                self.caption_processors[r.subset](r.caption, self.rng, epoch=epoch + 1, step=step, max_train_steps=total)
+                for r in batch
+            ]
         else:
-            captions = [r.caption for r in batch]
+            captions = [self._fixed_caption(r) for r in batch]
         with torch.set_grad_enabled(torch.is_grad_enabled() and bool(self.trainable["text_encoder"])):
             return self._encode_text(captions)
+
+    def _fixed_caption(self, record) -> str:
+        """The caption without its per-step parts (prefix/suffix kept): for the text cache and validation."""
+        return self.caption_processors[record.subset].fixed(record.caption)
 
     def _encode_text(self, captions: list[str]) -> TextConditioning:
         return encode_captions(self.model, captions, self.device)

@@ -132,7 +132,7 @@ def cache_problems(items: Iterable[ImageRecord | Subset], cache_latents: bool) -
             named = " and ".join(keys)
             verb = "changes" if len(keys) == 1 else "change"
             problems.append(
-                f"subset {subset.image_dir}: {named} {verb} the pixels every step, but cached latents are "
+                f"subset {subset.source}: {named} {verb} the pixels every step, but cached latents are "
                 f"encoded once; set train.cache_latents=false or turn {named} off"
             )
     return problems

@@ -1,13 +1,17 @@
-"""Read a kohya ``dataset_config`` TOML: check every key, apply kohya's inheritance.
+"""Read a kohya ``dataset_config`` (TOML, or JSON as kohya also reads): check every key, apply inheritance.
 
 Subset keys may also sit in ``[general]`` or a ``[[datasets]]`` table, where they are
 defaults for the subsets below; dataset keys may sit in ``[general]``. Every unknown,
-misplaced or mistyped key is collected and reported in one ``DatasetError``.
+misplaced or mistyped key is collected and reported in one ``DatasetError``. As in kohya,
+relative paths are read from the current directory, and a subset whose ``image_dir``
+(or ``metadata_file``) repeats an earlier one of the same dataset is dropped with a warning.
 """
 
 from __future__ import annotations
 
-import difflib
+import json
+import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,103 +22,20 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
+from train.data.kohya_keys import (
+    DATASET_KEYS,
+    DREAMBOOTH_ONLY_KEYS,
+    GENERAL_KEYS,
+    IGNORED,
+    SUBSET_KEYS,
+    SUBSET_ONLY_KEYS,
+    BadValue,
+    is_harmless,
+    why_not_allowed,
+)
 from train.errors import DatasetError
 
-
-class BadValue(ValueError):
-    """A TOML value of the wrong type or out of range; the message says what was expected."""
-
-
-def _integer(minimum: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise BadValue(f"expected an integer, got {value!r}")
-        if value < minimum:
-            raise BadValue(f"must be >= {minimum}, got {value}")
-        return value
-
-    return check
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise BadValue(f"expected true or false, got {value!r}")
-    return value
-
-
-def _rate(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadValue(f"expected a number in [0, 1], got {value!r}")
-    if not 0.0 <= value <= 1.0:
-        raise BadValue(f"must be in [0, 1], got {value}")
-    return float(value)
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise BadValue(f"expected a string, got {value!r}")
-    return value
-
-
-def _separator(value: Any) -> str:
-    if not _text(value):
-        raise BadValue("must not be empty")
-    return value
-
-
-def _extension(value: Any) -> str:
-    if not _text(value).startswith("."):
-        raise BadValue(f"must start with '.', got {value!r}")
-    return value
-
-
-def _resolution(value: Any) -> tuple[int, int]:
-    sizes = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(sizes, list) or len(sizes) not in (1, 2):
-        raise BadValue(f"expected an integer or [width, height], got {value!r}")
-    checked = [_integer(1)(size) for size in sizes]
-    return (checked[0], checked[-1])
-
-
-# Keys that may appear in a subset, and as defaults in [[datasets]] and [general].
-SUBSET_KEYS: dict[str, Callable[[Any], Any]] = {
-    "caption_extension": _extension,
-    "num_repeats": _integer(1),
-    "class_tokens": _text,
-    "keep_tokens": _integer(0),
-    "keep_tokens_separator": _text,
-    "caption_separator": _separator,
-    "shuffle_caption": _boolean,
-    "caption_dropout_rate": _rate,
-    "caption_dropout_every_n_epochs": _integer(0),
-    "caption_tag_dropout_rate": _rate,
-    "flip_aug": _boolean,
-    "color_aug": _boolean,
-    "random_crop": _boolean,
-}
-SUBSET_ONLY_KEYS: dict[str, Callable[[Any], Any]] = {"image_dir": _text, "is_reg": _boolean}
-DATASET_KEYS: dict[str, Callable[[Any], Any]] = {
-    "resolution": _resolution,
-    "batch_size": _integer(1),
-    "enable_bucket": _boolean,
-    "bucket_reso_steps": _integer(8),
-    "min_bucket_reso": _integer(1),
-    "max_bucket_reso": _integer(1),
-    "bucket_no_upscale": _boolean,
-}
-# kohya options this trainer does not implement: accepted only at their kohya default.
-UNSUPPORTED_AT_DEFAULT: dict[str, Any] = {
-    "caption_prefix": "",
-    "caption_suffix": "",
-    "enable_wildcard": False,
-    "secondary_separator": "",
-    "token_warmup_min": 1,
-    "token_warmup_step": 0,
-    "alpha_mask": False,
-    "cache_info": False,
-}
-GENERAL_KEYS = {**SUBSET_KEYS, **DATASET_KEYS}
-ALL_KEYS = {**GENERAL_KEYS, **SUBSET_ONLY_KEYS, "subsets": None}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -122,16 +43,17 @@ class RawDataset:
     """One checked ``[[datasets]]`` entry with ``[general]`` defaults applied."""
 
     values: dict[str, Any] = field(default_factory=dict)  # dataset-level keys only
-    subsets: list[dict[str, Any]] = field(default_factory=list)  # subset keys, image_dir resolved
+    subsets: list[dict[str, Any]] = field(default_factory=list)  # subset keys, paths resolved
 
 
 def read_kohya_toml(path: Path) -> list[RawDataset]:
     document = _load(path)
-    problems: list[str] = []
-    reader = _Reader(path.parent, problems)
+    reader = _Reader(path.parent)
     datasets = reader.read_document(document)
-    if problems:
-        raise DatasetError(problems, header=f"Dataset config {path} has problems")
+    if reader.problems:
+        raise DatasetError(reader.problems, header=f"Dataset config {path} has problems")
+    for warning in reader.warnings:
+        log.warning("%s: %s", path, warning)
     return datasets
 
 
@@ -140,18 +62,27 @@ def _load(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise DatasetError([f"dataset.dataset_config: file not found: {path}"], header=header)
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        if path.suffix.lower() == ".json":
+            document = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            with path.open("rb") as handle:
+                document = tomllib.load(handle)
+    except json.JSONDecodeError as error:
+        raise DatasetError([f"{path}: invalid JSON: {error}"], header=header) from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise DatasetError([f"{path}: invalid TOML: {error}"], header=header) from None
     except OSError as error:
         raise DatasetError([f"{path}: {error.strerror or error}"], header=header) from None
+    if not isinstance(document, dict):
+        raise DatasetError([f"{path}: expected a table with [general] and [[datasets]]"], header=header)
+    return document
 
 
 @dataclass
 class _Reader:
-    base_dir: Path  # relative image_dir values resolve against the TOML's folder
-    problems: list[str]
+    config_dir: Path  # only for a hint: kohya reads relative paths from the current directory
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def read_document(self, document: dict[str, Any]) -> list[RawDataset]:
         for key in document:
@@ -166,27 +97,70 @@ class _Reader:
     def _dataset(self, table: dict[str, Any], where: str, general: dict[str, Any]) -> RawDataset:
         own = self._table({k: v for k, v in table.items() if k != "subsets"}, where, GENERAL_KEYS)
         inherited = {**general, **own}
-        subset_defaults = {k: v for k, v in inherited.items() if k in SUBSET_KEYS}
-        subsets = []
+        defaults = {k: v for k, v in inherited.items() if k in SUBSET_KEYS}
         subset_tables = self._array(table.get("subsets"), f"{where}.subsets")
         if not table.get("subsets"):
             self.problems.append(f"{where}.subsets: no [[datasets.subsets]] table in this dataset")
+        if len({"metadata_file" in t for t in subset_tables}) > 1:
+            self.problems.append(
+                f"{where}: DreamBooth subsets (image_dir only) and fine-tuning subsets (metadata_file) cannot be "
+                "mixed in one dataset, as in kohya; put them in separate [[datasets]]"
+            )
+        subsets: list[dict[str, Any]] = []
+        first_seen: dict[tuple[str, Path], str] = {}
         for j, subset_table in enumerate(subset_tables):
-            subsets.append({**subset_defaults, **self._subset(subset_table, f"{where}.subsets[{j}]")})
+            subset_where = f"{where}.subsets[{j}]"
+            values = self._subset(subset_table, subset_where)
+            identity = _identity(values)
+            if identity is not None and identity in first_seen:
+                # kohya's DreamBoothDataset / FineTuningDataset keep the first and log this.
+                self.warnings.append(
+                    f"{subset_where}: ignore duplicated subset with {identity[0]}='{identity[1]}': use the first "
+                    f"one ({first_seen[identity]})"
+                )
+                continue
+            if identity is not None:
+                first_seen[identity] = subset_where
+            own_defaults = defaults
+            if "metadata_file" in values:
+                own_defaults = {k: v for k, v in defaults.items() if k not in DREAMBOOTH_ONLY_KEYS}
+            subsets.append({**own_defaults, **values})
         values = {k: v for k, v in inherited.items() if k in DATASET_KEYS}
         return RawDataset(values=values, subsets=subsets)
 
     def _subset(self, table: dict[str, Any], where: str) -> dict[str, Any]:
         values = self._table(table, where, {**SUBSET_KEYS, **SUBSET_ONLY_KEYS})
-        if "image_dir" not in table:
+        if "metadata_file" in table:
+            for key in DREAMBOOTH_ONLY_KEYS:
+                if key in table:
+                    self.problems.append(
+                        f"{where}.{key}: not used by a fine-tuning subset (metadata_file), whose captions come "
+                        "from the metadata file; remove it"
+                    )
+                    values.pop(key, None)
+            if "metadata_file" in values:
+                values["metadata_file"] = self._path(values["metadata_file"], f"{where}.metadata_file", folder=False)
+        elif "image_dir" not in table:
             self.problems.append(f"{where}.image_dir: missing; every subset needs an image folder")
-        elif "image_dir" in values:
-            folder = Path(values["image_dir"]).expanduser()
-            folder = folder if folder.is_absolute() else self.base_dir / folder
-            if not folder.is_dir():
-                self.problems.append(f"{where}.image_dir: folder not found: {folder}")
-            values["image_dir"] = folder
+        if "image_dir" in values:
+            values["image_dir"] = self._path(values["image_dir"], f"{where}.image_dir", folder=True)
         return values
+
+    def _path(self, text: str, where: str, folder: bool) -> Path:
+        """kohya opens paths as given, so a relative one is read from the current directory."""
+        given = Path(text).expanduser()
+        path = Path(os.path.normpath(given if given.is_absolute() else Path.cwd() / given))
+        if path.is_dir() if folder else path.is_file():
+            return path
+        problem = f"{where}: {'folder' if folder else 'file'} not found: {path}"
+        beside = self.config_dir / given
+        if not given.is_absolute() and (beside.is_dir() if folder else beside.is_file()):
+            problem += (
+                f" (relative paths are read from the current directory, as kohya does; {beside} exists next to "
+                "the dataset config: give an absolute path or start from that folder)"
+            )
+        self.problems.append(problem)
+        return path
 
     def _array(self, value: Any, where: str) -> list[dict[str, Any]]:
         if value is None:
@@ -207,28 +181,17 @@ class _Reader:
                     values[key] = allowed[key](value)
                 except BadValue as error:
                     self.problems.append(f"{where}.{key}: {error}")
-            elif not _is_harmless_default(key, value):
-                self.problems.append(f"{where}.{key}: {_why_not_allowed(key)}")
+            elif key in IGNORED:
+                if value is not False:
+                    self.warnings.append(f"{where}.{key}: {IGNORED[key]}")
+            elif not is_harmless(key, value):
+                self.problems.append(f"{where}.{key}: {why_not_allowed(key)}")
         return values
 
 
-def _is_harmless_default(key: str, value: Any) -> bool:
-    """An unsupported kohya option left at its default changes nothing, so kohya files still load."""
-    if key not in UNSUPPORTED_AT_DEFAULT:
-        return False
-    default = UNSUPPORTED_AT_DEFAULT[key]
-    return type(value) is type(default) and value == default
-
-
-def _why_not_allowed(key: str) -> str:
-    if key in UNSUPPORTED_AT_DEFAULT:
-        default = UNSUPPORTED_AT_DEFAULT[key]
-        return f"kohya option not supported by this trainer; remove it or set it to {default!r}"
-    if key in SUBSET_ONLY_KEYS:
-        return "belongs in a [[datasets.subsets]] table"
-    if key in DATASET_KEYS:
-        return "belongs in [[datasets]] or [general], not in a subset"
-    if key == "subsets":
-        return "belongs in a [[datasets]] table"
-    close = difflib.get_close_matches(key, [*ALL_KEYS, *UNSUPPORTED_AT_DEFAULT], n=1)
-    return "unknown key" + (f"; did you mean {close[0]!r}?" if close else "")
+def _identity(values: dict[str, Any]) -> tuple[str, Path] | None:
+    """What kohya compares to find a duplicate subset: metadata_file for fine-tuning, else image_dir."""
+    for key in ("metadata_file", "image_dir"):
+        if isinstance(values.get(key), Path):
+            return (key, values[key])
+    return None

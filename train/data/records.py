@@ -14,6 +14,7 @@ from pathlib import Path
 from train.data.batches import sample_counts
 from train.data.buckets import BucketManager, Size
 from train.data.captions import CaptionProblem, read_caption
+from train.data.finetune import metadata_entries
 from train.data.images import IMAGE_EXTENSIONS, ImageProblem, list_images, probe_image
 from train.data.sources import DatasetBlueprint, Subset
 from train.errors import DatasetError
@@ -22,7 +23,9 @@ from train.errors import DatasetError
 @dataclass(frozen=True)
 class ImageRecord:
     path: Path
-    caption: str  # raw caption: the caption file's first line, or the subset's class_tokens
+    # raw caption: the caption file's first line (every line with enable_wildcard), the subset's
+    # class_tokens, or a fine-tuning subset's caption and tags from its metadata file
+    caption: str
     subset: Subset
     dataset_index: int  # index of its DatasetBlueprint
     original_size: Size  # (w, h)
@@ -42,7 +45,7 @@ def scan_records(blueprints: list[DatasetBlueprint]) -> list[ImageRecord]:
             problems.append(f"datasets[{index}]: only regularization images (is_reg); add a training subset")
         records += found
     if not records and not problems:
-        folders = ", ".join(str(s.image_dir) for bp in blueprints for s in bp.subsets) or "(no subsets)"
+        folders = ", ".join(str(s.source) for bp in blueprints for s in bp.subsets) or "(no subsets)"
         problems.append(f"the dataset is empty: no images found in {folders}")
     if problems:
         raise DatasetError(problems)
@@ -50,23 +53,11 @@ def scan_records(blueprints: list[DatasetBlueprint]) -> list[ImageRecord]:
 
 
 def _scan_subset(subset: Subset, index: int, manager: BucketManager, problems: list[str]) -> list[ImageRecord]:
-    folder = subset.image_dir
-    try:
-        paths = list_images(folder)
-    except OSError as error:
-        problems.append(f"{folder}: cannot list image folder ({error.strerror or error})")
-        return []
-    if not paths:
-        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
-        problems.append(f"{folder}: empty subset folder, no images ({extensions})")
-        return []
+    entries = metadata_entries(subset, problems) if subset.metadata_file else _folder_entries(subset, problems)
     records = []
-    for path, probed in zip(paths, _probe_all(paths), strict=True):
-        try:
-            caption = read_caption(path, subset)
-        except CaptionProblem as problem:
-            problems.append(f"{path}: {problem}")
-            caption = None
+    for (path, caption), probed in zip(entries, _probe_all([path for path, _ in entries]), strict=True):
+        if isinstance(caption, CaptionProblem):
+            problems.append(f"{path}: {caption}")
         if isinstance(probed, ImageProblem):
             problems.append(f"{path}: {probed}")
             continue
@@ -77,9 +68,29 @@ def _scan_subset(subset: Subset, index: int, manager: BucketManager, problems: l
                 "with bucket_no_upscale it cannot fill a bucket"
             )
             continue
-        if caption is not None:
+        if not isinstance(caption, CaptionProblem):
             records.append(ImageRecord(path, caption, subset, index, probed, bucket, resized))
     return records
+
+
+def _folder_entries(subset: Subset, problems: list[str]) -> list[tuple[Path, str | CaptionProblem]]:
+    """kohya DreamBooth subset: every image in image_dir, with its caption file or class tokens."""
+    folder = subset.image_dir
+    try:
+        paths = list_images(folder)
+    except OSError as error:
+        problems.append(f"{folder}: cannot list image folder ({error.strerror or error})")
+        return []
+    if not paths:
+        extensions = " ".join(sorted(IMAGE_EXTENSIONS))
+        problems.append(f"{folder}: empty subset folder, no images ({extensions})")
+    entries: list[tuple[Path, str | CaptionProblem]] = []
+    for path in paths:
+        try:
+            entries.append((path, read_caption(path, subset)))
+        except CaptionProblem as problem:
+            entries.append((path, problem))
+    return entries
 
 
 def _probe_all(paths: list[Path]) -> list[Size | ImageProblem]:
@@ -100,8 +111,8 @@ def _probe_all(paths: list[Path]) -> list[Size | ImageProblem]:
 
 
 def count_images_per_subset(records: list[ImageRecord]) -> dict[Path, int]:
-    """Distinct images per subset folder (before repeats)."""
-    return dict(Counter(record.subset.image_dir for record in records))
+    """Distinct images per subset folder or metadata file (before repeats)."""
+    return dict(Counter(record.subset.source for record in records))
 
 
 def count_samples_with_repeats(records: list[ImageRecord]) -> int:
@@ -110,10 +121,10 @@ def count_samples_with_repeats(records: list[ImageRecord]) -> int:
 
 
 def dataset_dirs_metadata(records: list[ImageRecord]) -> dict[str, dict[str, int]]:
-    """kohya's ss_dataset_dirs: {folder name: {"n_repeats", "img_count"}}."""
+    """kohya's ss_dataset_dirs: {folder (or metadata file) name: {"n_repeats", "img_count"}}."""
     dirs: dict[str, dict[str, int]] = {}
     for record in records:
-        entry = dirs.setdefault(record.subset.image_dir.name, {"n_repeats": record.subset.num_repeats, "img_count": 0})
+        entry = dirs.setdefault(record.subset.source.name, {"n_repeats": record.subset.num_repeats, "img_count": 0})
         entry["img_count"] += 1
     return dirs
 
@@ -123,5 +134,5 @@ def tag_frequency(records: list[ImageRecord]) -> dict[str, dict[str, int]]:
     frequency: dict[str, Counter] = {}
     for record in records:
         tags = {t.strip() for t in record.caption.split(record.subset.caption_separator) if t.strip()}
-        frequency.setdefault(record.subset.image_dir.name, Counter()).update(tags)
+        frequency.setdefault(record.subset.source.name, Counter()).update(tags)
     return {folder: dict(counts.most_common()) for folder, counts in frequency.items()}

@@ -27,9 +27,9 @@ REPEATS_FOLDER = re.compile(r"^(\d+)_(.*)$")
 
 @dataclass(frozen=True)
 class Subset:
-    """One image folder, kohya's ``[[datasets.subsets]]``."""
+    """One image folder or kohya fine-tuning metadata file, kohya's ``[[datasets.subsets]]``."""
 
-    image_dir: Path
+    image_dir: Path | None = None  # None only for a fine-tuning subset whose metadata keys are absolute paths
     num_repeats: int = 1
     caption_extension: str = ".txt"
     class_tokens: str | None = None
@@ -47,6 +47,23 @@ class Subset:
     # kohya: change the pixels every step, so they cannot be used with cached latents.
     color_aug: bool = False
     random_crop: bool = False
+    # kohya's caption options, applied in its process_caption order (train.data.captions).
+    caption_prefix: str = ""
+    caption_suffix: str = ""
+    secondary_separator: str = ""
+    enable_wildcard: bool = False
+    token_warmup_min: int = 1
+    token_warmup_step: float = 0  # below 1: a fraction of the run's steps
+    # kohya fine-tuning subset: images and captions listed in this JSON/JSONL file.
+    metadata_file: Path | None = None
+    # The dataset's own validation_split/seed from a TOML; None: dataset.validation_split/seed.
+    validation_split: float | None = None
+    validation_seed: int | None = None
+
+    @property
+    def source(self) -> Path:
+        """The file or folder that names this subset (kohya names fine-tuning subsets by their metadata file)."""
+        return self.metadata_file or self.image_dir
 
 
 @dataclass(frozen=True)
@@ -72,6 +89,7 @@ DATASET_FIELDS = (
     "max_bucket_reso",
     "bucket_no_upscale",
 )
+VALIDATION_FIELDS = ("validation_split", "validation_seed")
 SUBSET_DEFAULT_FIELDS = (
     "caption_extension",
     "class_tokens",
@@ -95,17 +113,26 @@ def as_resolution(value: Any) -> tuple[int, int]:
     return (sizes[0], sizes[0]) if len(sizes) == 1 else (sizes[0], sizes[1])
 
 
-def config_defaults(cfg: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Dataset-level and subset-level defaults from a ``DatasetConfig`` (or its DictConfig)."""
+def config_defaults(cfg: Any, kohya_toml: bool = False) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Dataset-level and subset-level defaults from a ``DatasetConfig`` (or its DictConfig).
+
+    Unset (None) caption_extension and enable_bucket take kohya's defaults for the source:
+    ``.caption`` and off for a dataset TOML (kohya's command-line defaults), ``.txt`` and on
+    for a folder (the kohya GUI's).
+    """
     dataset = {name: getattr(cfg, name) for name in DATASET_FIELDS}
     dataset["resolution"] = as_resolution(cfg.resolution)
+    if dataset["enable_bucket"] is None:
+        dataset["enable_bucket"] = not kohya_toml
     subset = {name: getattr(cfg, name) for name in SUBSET_DEFAULT_FIELDS}
+    if subset["caption_extension"] is None:
+        subset["caption_extension"] = ".caption" if kohya_toml else ".txt"
     return dataset, subset
 
 
 def read_blueprints(cfg: Any) -> list[DatasetBlueprint]:
     """Blueprints from ``cfg.dataset_config`` (a kohya TOML) or else ``cfg.train_data_dir`` (+ ``reg_data_dir``)."""
-    dataset_defaults, subset_defaults = config_defaults(cfg)
+    dataset_defaults, subset_defaults = config_defaults(cfg, kohya_toml=bool(cfg.dataset_config))
     if cfg.dataset_config:
         toml_path = Path(cfg.dataset_config).expanduser()
         if cfg.reg_data_dir:
@@ -205,8 +232,11 @@ def _repeat_folders(
 
 
 def _from_raw(raw: RawDataset, dataset_defaults: dict[str, Any], subset_defaults: dict[str, Any]) -> DatasetBlueprint:
-    subsets = tuple(Subset(**{**subset_defaults, **values}) for values in raw.subsets)
-    return DatasetBlueprint(subsets=subsets, **{**dataset_defaults, **raw.values})
+    # kohya's subsets read validation_split/seed from their dataset; the split works per dataset.
+    validation = {k: v for k, v in raw.values.items() if k in VALIDATION_FIELDS}
+    values = {k: v for k, v in raw.values.items() if k not in VALIDATION_FIELDS}
+    subsets = tuple(Subset(**{**subset_defaults, **subset, **validation}) for subset in raw.subsets)
+    return DatasetBlueprint(subsets=subsets, **{**dataset_defaults, **values})
 
 
 def blueprint_problems(blueprint: DatasetBlueprint, where: str) -> list[str]:

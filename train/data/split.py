@@ -21,17 +21,21 @@ def split_validation(
 ) -> tuple[list[ImageRecord], list[ImageRecord]]:
     """(train, validation): per dataset, round(fraction x images) held out, at least one, never all.
 
-    Regularization images always stay in training.
+    A dataset's own validation_split/validation_seed (from a kohya TOML, carried by its
+    subsets) replace ``fraction``/``seed`` for that dataset. Regularization images always
+    stay in training.
     """
-    if fraction <= 0:
-        return list(records), []
     held: set[int] = set()
     for dataset_index in sorted({r.dataset_index for r in records}):
-        candidates = [i for i, r in enumerate(records) if r.dataset_index == dataset_index and not r.subset.is_reg]
-        if len(candidates) < 2:
+        members = [i for i, r in enumerate(records) if r.dataset_index == dataset_index]
+        own = records[members[0]].subset  # dataset-level keys: every subset of the dataset has the same
+        own_fraction = fraction if own.validation_split is None else own.validation_split
+        own_seed = seed if own.validation_seed is None else own.validation_seed
+        candidates = [i for i in members if not records[i].subset.is_reg]
+        if own_fraction <= 0 or len(candidates) < 2:
             continue
-        count = min(max(1, math.floor(fraction * len(candidates) + 0.5)), len(candidates) - 1)
-        held.update(sorted(candidates, key=lambda i: _rank(seed, records[i]))[:count])
+        count = min(max(1, math.floor(own_fraction * len(candidates) + 0.5)), len(candidates) - 1)
+        held.update(sorted(candidates, key=lambda i: _rank(own_seed, records[i]))[:count])
     train = [r for i, r in enumerate(records) if i not in held]
     validation = [r for i, r in enumerate(records) if i in held]
     return train, validation
