@@ -60,11 +60,13 @@ class EvaluateConfig:
     prompts: list[str] = field(default_factory=list)
     prompt_file: str | None = None
     seeds: list[int] = field(default_factory=lambda: [0, 1])
-    sampler: str = "euler_a"
-    num_inference_steps: int = 20
-    guidance_scale: float = 7.0
+    # What a prompt's own --ss/--s/--l/--n leave unset; the defaults are kohya's
+    # (--sample_sampler ddim; sample_image_inference: 30 steps, scale 7.5).
+    sampler: str = "ddim"
+    num_inference_steps: int = 30
+    guidance_scale: float = 7.5
     negative_prompt: str = ""
-    # null: the dataset's resolution.
+    # null: the dataset's resolution (kohya renders 512x512 whatever the training size).
     width: int | None = None
     height: int | None = None
     batch_size: int = 4

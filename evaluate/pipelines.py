@@ -1,7 +1,10 @@
 """The diffusers pipeline a Renderer drives, SD 1.x/2.x or SDXL, and its prompt embeddings.
 
-Prompts are encoded one distinct text at a time with the pipeline's own
-``encode_prompt``, so a prompt's embedding never depends on the batch it is in.
+Prompts are encoded one distinct text at a time, with A1111/kohya weighting and
+75-token windows (evaluate/prompt_weights.py), from the same layers the pipeline's
+own ``encode_prompt`` takes: plain text under 76 tokens encodes exactly as it does.
+A batch's prompts and negative share one window count, chosen by the caller from the
+prompts' settings alone, so a prompt's embedding never depends on the batch it is in.
 SDXL adds a pooled embedding per prompt; an empty negative prompt is all zeros,
 as SDXL's pipeline does by default (``force_zeros_for_empty_prompt``).
 """
@@ -12,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+from evaluate.prompt_weights import count_windows, encode_weighted
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,22 @@ def is_sdxl(pipeline: DiffusionPipeline) -> bool:
     return isinstance(pipeline, StableDiffusionXLPipeline)
 
 
-def encode_prompt(pipeline: DiffusionPipeline, text: str, device: torch.device, negative: bool = False) -> PromptEmbeds:
+def encode_prompt(
+    pipeline: DiffusionPipeline, text: str, device: torch.device, negative: bool = False, windows: int | None = None
+) -> PromptEmbeds:
+    """``text``'s embeddings over ``windows`` 75-token windows (None: as many as it needs)."""
+    tokenizers = [t for t in (pipeline.tokenizer, getattr(pipeline, "tokenizer_2", None)) if t is not None]
+    windows = windows or count_windows(tokenizers, text)
     if not is_sdxl(pipeline):
-        return PromptEmbeds(pipeline.encode_prompt(text, device, 1, False)[0])
-    embeds, _, pooled, _ = pipeline.encode_prompt(
-        prompt=text, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
+        embeds, _ = encode_weighted(pipeline.tokenizer, pipeline.text_encoder, text, device, windows)
+        return PromptEmbeds(embeds.to(pipeline.text_encoder.dtype))
+    # Both SDXL encoders give their penultimate layer; the second also gives the pooled embedding.
+    first, _ = encode_weighted(pipeline.tokenizer, pipeline.text_encoder, text, device, windows, hidden_layer=-2)
+    second, pooled = encode_weighted(
+        pipeline.tokenizer_2, pipeline.text_encoder_2, text, device, windows, hidden_layer=-2
     )
+    embeds = torch.cat([first, second], dim=-1).to(pipeline.text_encoder_2.dtype)
+    pooled = pooled.to(pipeline.text_encoder_2.dtype)
     if negative and not text and pipeline.config.force_zeros_for_empty_prompt:
         return PromptEmbeds(torch.zeros_like(embeds), torch.zeros_like(pooled))
     return PromptEmbeds(embeds, pooled)

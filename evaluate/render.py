@@ -8,6 +8,9 @@ pick their algorithms and reduction orders by batch shape. So by default
 own and an image is bit-identical at any batch size; batching then only shares
 text encoding and the pipeline's per-call work. ``batch_invariant=False`` runs
 whole batches through the U-Net: faster, equal up to rounding (<= 1 pixel level in our runs).
+Prompts are weighted and may pass 77 tokens (evaluate/prompt_weights.py); their
+75-token window count is part of the settings, so a batch never pads a prompt.
+A prompt's options win over the config, whose defaults are kohya's.
 
 Rendering leaves training as it found it: global RNG states, train/eval
 modes, module devices, LoRA scales and requires_grad flags are restored.
@@ -16,17 +19,16 @@ modes, module devices, LoRA scales and requires_grad flags are restored.
 from __future__ import annotations
 
 import contextlib
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import PIL.Image
 import torch
-from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from evaluate.pipelines import build_pipeline, encode_prompt, prompt_kwargs
+from evaluate.prompt_weights import count_windows
 from evaluate.prompts import PromptSpec
+from evaluate.render_guards import per_image_unet, preserved_training_state
 from evaluate.samplers import make_scheduler
 from train.networks.peft_network import peft_strength, tuner_layers
 
@@ -76,77 +78,16 @@ class Settings:
     guidance_scale: float
     sampler: str
     negative_prompt: str
+    windows: int  # 75-token windows of the prompt (and of its negative when guided)
 
 
 def _round_size(pixels: int) -> int:
     return max(MIN_SIZE, pixels - pixels % 8)  # the VAE needs multiples of 8, as kohya rounds
 
 
-def _module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
 def lora_strength(models: list[torch.nn.Module], multiplier: float | None) -> contextlib.AbstractContextManager:
     """The peft adapters of ``models`` at ``multiplier`` x their trained scale, or off (None)."""
     return peft_strength([layer for model in models for layer in tuner_layers(model).values()], multiplier)
-
-
-@contextlib.contextmanager
-def per_image_unet(unet: torch.nn.Module, images: int) -> Iterator[None]:
-    """Evaluate ``unet`` one image at a time: rows i, i+images, ... (its CFG pair) together, the same shapes at any batch size."""
-    forward = unet.forward  # accelerate's autocast wrapper when it set one on the instance
-    own_forward = "forward" in vars(unet)
-
-    def forward_per_image(sample, *args, return_dict=True, **kwargs):
-        rows = sample.shape[0]
-        if images <= 1 or rows % images:
-            return forward(sample, *args, return_dict=return_dict, **kwargs)
-
-        def image_rows(value, index):
-            if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == rows:
-                return value.index_select(0, index)  # a contiguous copy, as a batch of one would be
-            if isinstance(value, dict):  # SDXL's added_cond_kwargs: pooled embeddings and size ids
-                return {key: image_rows(item, index) for key, item in value.items()}
-            return value
-
-        outputs = []
-        for image in range(images):
-            index = torch.arange(image, rows, images, device=sample.device)
-            picked_args = [image_rows(a, index) for a in args]
-            picked_kwargs = {k: image_rows(v, index) for k, v in kwargs.items()}
-            outputs.append(forward(image_rows(sample, index), *picked_args, return_dict=False, **picked_kwargs)[0])
-        # outputs[i][j] is row i + j * images.
-        merged = torch.stack(outputs, dim=1).reshape(rows, *outputs[0].shape[1:])
-        return UNet2DConditionOutput(sample=merged) if return_dict else (merged,)
-
-    unet.forward = forward_per_image
-    try:
-        yield
-    finally:
-        if own_forward:
-            unet.forward = forward
-        else:
-            del unet.forward
-
-
-@contextlib.contextmanager
-def preserved_training_state(modules: dict[str, torch.nn.Module]) -> Iterator[None]:
-    """Restore RNG states, every submodule's train/eval mode and each module's device on exit."""
-    modes = {sub: sub.training for module in modules.values() for sub in module.modules()}
-    devices = {name: _module_device(module) for name, module in modules.items()}
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=cuda):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        for name, module in modules.items():
-            if _module_device(module) != devices[name]:
-                module.to(devices[name])
-        for sub, training in modes.items():
-            sub.training = training
 
 
 class Renderer:
@@ -182,16 +123,28 @@ class Renderer:
         # None: the config's batch_invariant if it has one, else on (bit-identical images at any batch size).
         self.batch_invariant = getattr(cfg, "batch_invariant", True) if batch_invariant is None else batch_invariant
 
+    def _count_windows(self, text: str) -> int:
+        return count_windows([t for t in (self.tokenizer, self.tokenizer_2) if t is not None], text)
+
+    def _guided(self, guidance_scale: float) -> bool:
+        return guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+
     def settings(self, job: RenderJob) -> Settings:
         spec, cfg = job.prompt, self.cfg
+        scale = cfg.guidance_scale if spec.guidance_scale is None else spec.guidance_scale
+        negative = cfg.negative_prompt if spec.negative_prompt is None else spec.negative_prompt
+        windows = self._count_windows(spec.prompt)
+        if self._guided(scale):  # prompt and negative go through the U-Net as one batch: same length
+            windows = max(windows, self._count_windows(negative))
         return Settings(
             multiplier=job.multiplier,
             width=_round_size(spec.width or self.default_size[0]),
             height=_round_size(spec.height or self.default_size[1]),
             steps=spec.steps or cfg.num_inference_steps,
-            guidance_scale=cfg.guidance_scale if spec.guidance_scale is None else spec.guidance_scale,
+            guidance_scale=scale,
             sampler=spec.sampler or cfg.sampler,
-            negative_prompt=cfg.negative_prompt if spec.negative_prompt is None else spec.negative_prompt,
+            negative_prompt=negative,
+            windows=windows,
         )
 
     def batches(self, jobs: list[RenderJob]) -> list[tuple[Settings, list[int]]]:
@@ -263,16 +216,17 @@ class Renderer:
 
     def _encode(self, pipeline, settings: Settings, batch: list[RenderJob], guided: bool) -> dict:
         """Prompt (and negative) embeddings, each distinct text encoded once on its own."""
-        encoded = {
-            text: encode_prompt(pipeline, text, self.device) for text in dict.fromkeys(j.prompt.prompt for j in batch)
-        }
-        negative = encode_prompt(pipeline, settings.negative_prompt, self.device, negative=True) if guided else None
+        texts = dict.fromkeys(j.prompt.prompt for j in batch)
+        encoded = {text: encode_prompt(pipeline, text, self.device, windows=settings.windows) for text in texts}
+        negative = None
+        if guided:  # past its own windows a text encodes as the empty prompt, as kohya and A1111 pad
+            negative = encode_prompt(pipeline, settings.negative_prompt, self.device, True, settings.windows)
         return prompt_kwargs([encoded[job.prompt.prompt] for job in batch], negative)
 
     def _render_batch(self, pipeline, settings: Settings, batch: list[RenderJob]) -> list[PIL.Image.Image]:
         # A fresh scheduler per call: multistep samplers keep per-run state.
         pipeline.scheduler = make_scheduler(settings.sampler, self.scheduler_config)
-        guided = settings.guidance_scale > 1 and self.unet.config.time_cond_proj_dim is None
+        guided = self._guided(settings.guidance_scale)
         per_image = per_image_unet(self.unet, len(batch)) if self.batch_invariant else contextlib.nullcontext()
         with self._autocast(), per_image:
             latents = pipeline(

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from evaluate.config import EvaluateConfig
-from evaluate.prompts import PromptSpec, load_prompts, parse_prompt_line
+from evaluate.prompts import PromptSpec, load_prompts, parse_prompt_line, prompt_from_dict
 from train.errors import ConfigError
 
 
@@ -25,10 +25,17 @@ def test_blank_and_comment_lines_are_skipped(line):
     assert parse_prompt_line(line) is None
 
 
-def test_option_names_are_case_insensitive_and_g_is_a_fallback_for_l():
-    assert parse_prompt_line("x --W 64 --g 3").guidance_scale == 3.0
-    assert parse_prompt_line("x --g 3 --L 5").guidance_scale == 5.0
+def test_option_names_are_case_insensitive():
+    assert parse_prompt_line("x --W 64 --L 5").guidance_scale == 5.0
     assert parse_prompt_line("x --W 64").width == 64
+
+
+def test_g_is_ignored_with_a_warning_as_kohya_ignores_it_for_sd(caplog):
+    # kohya's --g is FLUX's embedded guidance; its SD/SDXL sampler reads only --l (scale).
+    assert parse_prompt_line("x --g 3").guidance_scale is None
+    assert parse_prompt_line("x --g 3 --l 5").guidance_scale == 5.0
+    assert "--g" in caplog.text and "--l" in caplog.text
+    assert prompt_from_dict({"prompt": "x", "guidance_scale": 3.0}).guidance_scale is None
 
 
 def test_empty_negative_prompt_is_allowed():
@@ -39,13 +46,15 @@ def test_empty_negative_prompt_is_allowed():
     ("line", "named"),
     [
         ("x --w abc", "--w"),
-        ("x --h 0", "--h"),
-        ("x --d 1.5", "--d"),
+        ("x --h -64", "--h"),
+        ("x --d 5x", "--d"),
         ("x --s -3", "--s"),
         ("x --l nan", "--l"),
+        ("x --l -1", "--l"),
         ("x --ss nope", "--ss"),
-        ("x --q 1", "--q"),
         ("x --w", "--w"),
+        ("a (red:1.2.3) cat", "prompt"),  # kohya and A1111 fail on it mid-render
+        ("x --n a (b:..)", "--n"),
     ],
 )
 def test_bad_option_values_name_the_option(line, named):
@@ -56,6 +65,29 @@ def test_bad_option_values_name_the_option(line, named):
 def test_unsupported_kohya_options_are_ignored_with_a_warning(caplog):
     assert parse_prompt_line("x --cn control.png --w 64") == PromptSpec("x", width=64)
     assert "--cn" in caplog.text
+
+
+def test_unknown_options_and_keys_are_warned_and_ignored_as_kohya_ignores_them(caplog):
+    assert parse_prompt_line("x --q 1 --w 64") == PromptSpec("x", width=64)
+    assert prompt_from_dict({"prompt": "x", "colour": "red", "width": 64}) == PromptSpec("x", width=64)
+    assert "--q" in caplog.text and "colour" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "value", "says"),
+    [
+        ("x --w 500", "width", 496, "multiple of 8"),  # kohya: w - w % 8
+        ("x --h 30", "height", 64, "64"),  # kohya: max(64, ...)
+        ("x --h 0", "height", 64, "64"),
+        ("x --w 512.9", "width", 512, "512"),  # kohya's regex reads the digits before the point
+        ("x --d 1.5", "seed", 1, "1"),
+        ("x --s 0", "steps", 1, "1"),  # kohya clamps steps to 1..1000
+        ("x --s 5000", "steps", 1000, "1000"),
+    ],
+)
+def test_values_kohya_coerces_are_coerced_with_a_warning(caplog, line, field, value, says):
+    assert getattr(parse_prompt_line(line), field) == value
+    assert line.split(" --")[1].split()[0] in caplog.text and says in caplog.text
 
 
 def _cfg(**kwargs) -> EvaluateConfig:
@@ -117,15 +149,39 @@ def test_inline_prompts_carry_options():
 def test_bad_value_in_a_file_names_the_file_line_and_option(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("# c\nred circle\ngreen --w wide\n", encoding="utf-8")
-    with pytest.raises(
-        ConfigError, match=r"evaluate\.prompt_file: .*prompts\.txt line 3: --w: expected a whole number"
-    ):
+    with pytest.raises(ConfigError, match=r"prompts\.txt:3: --w: expected a whole number"):
         load_prompts(_cfg(prompt_file=str(path)))
 
 
+def test_every_bad_line_is_reported_in_one_error(tmp_path):
+    path = tmp_path / "prompts.txt"
+    lines = ["red circle", "a --w wide", "# c", "b --l x --s y", "green square --d 3", "c --ss turbo", ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_prompts(_cfg(prompt_file=str(path)))
+    message = str(caught.value)
+    assert message.startswith("evaluate.prompt_file: ") and "3 bad prompts" in message
+    for where in (f"{path}:2: --w", f"{path}:4: --l", f"{path}:4: --s", f"{path}:6: --ss"):
+        assert where in message
+    assert f"{path}:1" not in message and f"{path}:5" not in message
+
+
+def test_warnings_name_the_file_and_line(tmp_path, caplog):
+    path = tmp_path / "prompts.txt"
+    path.write_text("red circle\ngreen --w 100 --g 2\n", encoding="utf-8")
+    assert load_prompts(_cfg(prompt_file=str(path)))[1] == PromptSpec("green", width=96)
+    assert f"{path}:2: --w" in caplog.text and f"{path}:2: --g" in caplog.text
+
+
 def test_bad_inline_prompt_names_its_index():
-    with pytest.raises(ConfigError, match=r"evaluate\.prompts\[1\]: --s: must be >= 1"):
-        load_prompts(_cfg(prompts=["ok", "bad --s 0"]))
+    with pytest.raises(ConfigError, match=r"evaluate\.prompts\[1\]: --s: expected a whole number"):
+        load_prompts(_cfg(prompts=["ok", "bad --s x"]))
+
+
+def test_missing_options_fall_back_to_kohyas_defaults_unless_the_config_sets_them():
+    # kohya's sample_image_inference: 30 steps, scale 7.5; --sample_sampler defaults to ddim.
+    cfg = EvaluateConfig()
+    assert (cfg.num_inference_steps, cfg.guidance_scale, cfg.sampler) == (30, 7.5, "ddim")
 
 
 @pytest.mark.parametrize(
@@ -136,7 +192,7 @@ def test_bad_inline_prompt_names_its_index():
         ("p.json", '[{"prompt": "x",}]', "not valid JSON .line 1"),
         ("p.json", '{"prompt": "x"}', "JSON list"),
         ("p.json", '[{"prompt": "x", "width": "wide"}]', "entry 1: width: expected a whole number"),
-        ("p.json", '[{"prompt": "x", "colour": 1}]', "entry 1: colour: unknown key"),
+        ("p.json", '[{"prompt": "x", "scale": true}]', "entry 1: scale: expected a number"),
         ("p.json", '[{"seed": 1}]', "entry 1: prompt: missing"),
         ("p.yaml", "x", "unknown format"),
         ("p.txt", "# only comments\n", "no prompts found"),
@@ -145,7 +201,7 @@ def test_bad_inline_prompt_names_its_index():
 def test_garbled_files_are_config_errors(tmp_path, name, text, message):
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(ConfigError, match=rf"^evaluate\.prompt_file: .*{message}"):
+    with pytest.raises(ConfigError, match=rf"(?s)^evaluate\.prompt_file: .*{message}"):
         load_prompts(_cfg(prompt_file=str(path)))
 
 

@@ -1,4 +1,5 @@
-"""Fixed-seed rendering of the live model: batch invariance, seeds, LoRA strength, state restored, samplers."""
+"""Fixed-seed rendering of the live model: batch invariance, seeds, LoRA strength, state restored, samplers,
+A1111/kohya prompt weighting and prompts past 77 tokens."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 
 from evaluate.config import EvaluateConfig
+from evaluate.pipelines import build_pipeline, encode_prompt, is_sdxl
 from evaluate.prompts import PromptSpec
 from evaluate.render import Renderer, RenderJob, plan_renders, preserved_training_state
 from evaluate.samplers import SAMPLERS, check_sampler, make_scheduler
@@ -175,3 +177,114 @@ def test_unknown_sampler_is_a_config_error(base):
 def test_scheduler_keeps_the_models_prediction_type(base):
     config = dict(base.noise_scheduler.config) | {"prediction_type": "v_prediction"}
     assert make_scheduler("dpmsolver++", config).config.prediction_type == "v_prediction"
+
+
+def test_missing_options_take_the_config_then_kohyas_defaults(base):
+    r = Renderer.for_model(base, device="cpu", cfg=EvaluateConfig(), default_size=(64, 64))
+    kohya = r.settings(RenderJob(0, PromptSpec("x"), 0, 0, 1.0))
+    assert (kohya.steps, kohya.guidance_scale, kohya.sampler, kohya.width) == (30, 7.5, "ddim", 64)
+    own = r.settings(RenderJob(0, PromptSpec("x", steps=4, guidance_scale=3.0, sampler="euler"), 0, 0, 1.0))
+    assert (own.steps, own.guidance_scale, own.sampler) == (4, 3.0, "euler")
+
+
+# Prompt weighting and long prompts: the A1111 semantics kohya's sampler copies.
+LONG = " ".join(["red"] * 70)  # 140 tokens of the tiny tokenizer: two 75-token windows
+
+
+@pytest.fixture(scope="module")
+def sdxl(tiny_sdxl_dir):
+    return load(tiny_sdxl_dir)
+
+
+@pytest.fixture(scope="module", params=["sd", "sdxl"])
+def pipe(request, base, sdxl):
+    model = base if request.param == "sd" else sdxl
+    parts = {"text_encoder_2": model.text_encoder_2, "tokenizer_2": model.tokenizer_2} if model is sdxl else {}
+    scheduler = make_scheduler("ddim", model.noise_scheduler.config)
+    return build_pipeline(
+        unet=model.unet, vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, scheduler=scheduler, **parts
+    )
+
+
+def diffusers_encoding(pipe, text: str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The pipeline's own encode_prompt: plain text, truncated to 77 tokens."""
+    with torch.no_grad():
+        if is_sdxl(pipe):
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompt=text, device=torch.device("cpu"), num_images_per_prompt=1, do_classifier_free_guidance=False
+            )
+            return embeds, pooled
+        return pipe.encode_prompt(text, torch.device("cpu"), 1, False)[0], None
+
+
+def ours(pipe, text: str):
+    with torch.no_grad():
+        return encode_prompt(pipe, text, torch.device("cpu"))
+
+
+def token_count(pipe, text: str) -> int:
+    return len(pipe.tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def a1111_weighting(plain: torch.Tensor, weights: torch.Tensor, pipe) -> torch.Tensor:
+    """Each encoder's states x token weight, rescaled to the unweighted mean (A1111's original emphasis)."""
+    widths = [e.config.hidden_size for e in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if e is not None]
+    parts = []
+    for z in plain.split(widths, dim=-1):
+        weighted = z * weights[None, :, None]
+        parts.append(weighted * (z.mean() / weighted.mean()))
+    return torch.cat(parts, dim=-1)
+
+
+@pytest.mark.parametrize(
+    ("text", "weight"),
+    [("a (red:1.5) cat", 1.5), ("a (red) cat", 1.1), ("a [red] cat", 1 / 1.1), ("a ((red)) cat", 1.21),
+     ("a (red:0.5) cat", 0.5)],
+)  # fmt: skip
+def test_weighted_tokens_scale_and_keep_the_mean(pipe, text, weight):
+    plain, plain_pooled = diffusers_encoding(pipe, "a red cat")
+    weights = torch.ones(77)
+    start = 1 + token_count(pipe, "a ")
+    weights[start : start + token_count(pipe, "red")] = weight
+    encoded = ours(pipe, text)
+    assert not torch.equal(encoded.embeds, plain)
+    torch.testing.assert_close(encoded.embeds, a1111_weighting(plain, weights, pipe))
+    if plain_pooled is not None:  # SDXL's pooled embedding is never weighted
+        assert torch.equal(encoded.pooled, plain_pooled)
+
+
+@pytest.mark.parametrize(("text", "plain"), [("a (red:1.0) cat", "a red cat"), ("a red cat", "a red cat"),
+                                             (r"a \(red\) cat", "a (red) cat")])  # fmt: skip
+def test_weight_one_and_plain_text_encode_as_the_pipeline_does(pipe, text, plain):
+    embeds, pooled = diffusers_encoding(pipe, plain)
+    encoded = ours(pipe, text)
+    assert torch.equal(encoded.embeds, embeds)
+    assert pooled is None or torch.equal(encoded.pooled, pooled)
+
+
+def test_long_prompt_is_chunked_not_truncated(pipe):
+    cat, dog = f"{LONG} cat", f"{LONG} dog"
+    assert 77 < token_count(pipe, cat) <= 150
+    assert torch.equal(diffusers_encoding(pipe, cat)[0], diffusers_encoding(pipe, dog)[0])  # the pipeline drops the tail
+    a, b = ours(pipe, cat), ours(pipe, dog)
+    assert a.embeds.shape[1] == 2 * 77
+    # The first window is the pipeline's own 77 tokens; the tail lands in the second and changes it.
+    assert torch.equal(a.embeds[:, :77], diffusers_encoding(pipe, cat)[0])
+    assert torch.equal(a.embeds[:, :77], b.embeds[:, :77]) and not torch.equal(a.embeds[:, 77:], b.embeds[:, 77:])
+
+
+def test_render_path_weights_prompts_and_keeps_their_tails(base, sdxl):
+    specs = [PromptSpec("a red cat"), PromptSpec("a (red:1.0) cat"), PromptSpec("a (red:1.8) cat"),
+             PromptSpec(f"{LONG} cat"), PromptSpec(f"{LONG} dog"), PromptSpec("a red cat", negative_prompt=f"{LONG} dog")]  # fmt: skip
+    jobs = [RenderJob(i, spec, 0, 7, 1.0) for i, spec in enumerate(specs)]
+
+    def render(model, batch_size: int) -> list[np.ndarray]:
+        cfg = EvaluateConfig(num_inference_steps=3, guidance_scale=5.0, sampler="euler_a", batch_size=batch_size)
+        return pixels(Renderer.for_model(model, device="cpu", cfg=cfg, default_size=(64, 64)).render(jobs))
+
+    for model in (base, sdxl):
+        images = render(model, 4)
+        assert same(images[0], images[1]) and not same(images[0], images[2])
+        assert not same(images[3], images[4]) and not same(images[0], images[5])
+        # Window counts are part of the settings, so a batch never pads a prompt: any batch size, same pixels.
+        assert all(same(a, b) for a, b in zip(images, render(model, 1), strict=True))
