@@ -11,9 +11,10 @@ import re
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
-from tests.network_helpers import family_config, perturb, text_encoder_output, unet_output
+from tests.network_helpers import applied, family_config, perturb, text_encoder_output, unet_output
 from tests.reference_merge import merge_file
 from train.config import NetworkConfig
 from train.lora_format import build_metadata, read_lora, save_lora
@@ -143,11 +144,26 @@ def test_keys_alphas_and_metadata_per_family(tmp_path, tiny_model_dir, family):
     assert (args["conv_dim"], args["conv_alpha"]) == ("2", "1.0")
     assert args.get("algo") == {"dora": "locon", "loha": "loha", "lokr": "lokr"}.get(family)
     assert (args.get("dora_wd") == "True") == (family == "dora")
+    assert args.get("wd_on_output") == ("False" if family == "dora" else None)
     if family == "dora":
         # A1111's input-axis layout: (1, in_features) for Linear, (1, in_channels, 1, 1) for conv.
         attention = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
         assert tensors[f"{attention}.dora_scale"].shape == (1, 32)
         assert tensors["lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale"].shape == (1, 32, 1, 1)
+
+
+@pytest.mark.parametrize("conv_dim", [None, 2])
+def test_dora_files_tell_lycoris_the_magnitude_is_on_the_input_axis(tmp_path, conv_dim):
+    """LyCORIS >= 3.2 reads a missing wd_on_output as True (output axis); ours is the input axis."""
+    network, _, _ = applied(family_config("dora", conv_dim=conv_dim, train_text_encoder=False), text_encoder=False)
+    network.save(tmp_path / "dora.safetensors", {})
+    with safe_open(str(tmp_path / "dora.safetensors"), framework="pt") as handle:
+        args = json.loads(handle.metadata()["ss_network_args"])
+        scale = handle.get_tensor("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.dora_scale")
+    assert args["dora_wd"] == "True" and args["algo"] == ("lora" if conv_dim is None else "locon")
+    # LyCORIS's kohya.create_network: wd_on_output = str_bool(kwargs.get("wd_on_output", True)).
+    assert "wd_on_output" in args and str(args["wd_on_output"]).lower() == "false"
+    assert scale.shape == (1, 32)  # one magnitude per input column, as the flag says
 
 
 def test_metadata_and_hashes(tmp_path):

@@ -102,6 +102,7 @@ class LoRATrainingRecipe:
 
     def setup(self) -> None:
         self.preflight()
+        self.network.log_kohya_differences()  # once per run (a sweep's trial checks run preflight alone)
         cfg = self.cfg
         # accelerate keeps process-wide state; a worker running trial after trial must start clean.
         AcceleratorState._reset_state(reset_partial_state=True)

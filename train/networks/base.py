@@ -8,6 +8,7 @@ The recipe only talks to this interface, so adding a family touches no trainer c
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
@@ -18,7 +19,9 @@ from torch import nn
 
 from train.config import NetworkConfig
 from train.errors import ConfigError
+from train.networks.kohya_defaults import KohyaDifference, describe
 
+log = logging.getLogger(__name__)
 WEIGHTS_KEY = "train.network_weights"
 
 
@@ -96,6 +99,17 @@ class Network(ABC):
     @abstractmethod
     def strength(self, multiplier: float | None) -> contextlib.AbstractContextManager[None]:
         """Inside the block the network runs at ``multiplier`` x its trained strength, or is off (None)."""
+
+    def kohya_differences(self) -> list[KohyaDifference]:
+        """Where this config trains otherwise than kohya/LyCORIS would with the same flags (none by default)."""
+        return []
+
+    def log_kohya_differences(self) -> None:
+        """One log line at run start, if any; a warning when one of them changes the update's scale."""
+        found = self.kohya_differences()
+        if found:
+            level = logging.WARNING if any(d.changes_scale for d in found) else logging.INFO
+            log.log(level, describe(self.family, found))
 
     def apply_max_norm(self, max_norm: float) -> MaxNormStats:
         """kohya's scale_weight_norms: scale every module whose update norm exceeds ``max_norm``."""

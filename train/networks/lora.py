@@ -17,6 +17,7 @@ from torch import nn
 from train.errors import ConfigError
 from train.networks.dora import InputAxisDoRA
 from train.networks.dropout import KohyaDropout
+from train.networks.kohya_defaults import DORA_AXIS, KohyaDifference
 from train.networks.peft_network import (
     ADAPTER,
     PeftNetwork,
@@ -119,7 +120,11 @@ class DoRA(LoRA):
         return "locon" if self.cfg.conv_dim is not None else "lora"
 
     def network_args(self) -> dict[str, str]:
-        return super().network_args() | {"dora_wd": "True"}
+        # LyCORIS >= 3.2 reads a missing wd_on_output as True (output axis); say ours is the input axis.
+        return super().network_args() | {"dora_wd": "True", "wd_on_output": "False"}
+
+    def kohya_differences(self) -> list[KohyaDifference]:
+        return [*super().kohya_differences(), DORA_AXIS]
 
     def after_apply(self, layers) -> None:
         super().after_apply(layers)  # dropout hooks first: module dropout decides before DoRA rescales

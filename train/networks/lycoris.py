@@ -8,12 +8,16 @@ decomposed. rank_dropout and module_dropout are peft's (LyCORIS semantics).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from peft import LoHaConfig, LoKrConfig
 from peft.tuners.lycoris_utils import LycorisLayer
 
 from train.errors import ConfigError
 from train.networks.peft_network import ADAPTER, PeftNetwork, check_shape, fail, file_alpha, layer_alpha
+
+log = logging.getLogger(__name__)
 
 
 def _flag(key: str, value: object) -> bool:
@@ -104,6 +108,12 @@ class LoKr(LycorisNetwork):
             raise ConfigError(f"network.module.factor: must be -1 (automatic) or an integer >= 1, got {factor!r}")
         self.factor = factor
         self.decompose_both = _flag("decompose_both", decompose_both)
+        if self.use_tucker and cfg.conv_dim is not None:  # Tucker cores only on 3x3 convs
+            log.warning(
+                "network.module.use_tucker=true: ComfyUI's LoKr loader fails on some Tucker-decomposed 3x3 convs "
+                "and skips them, logging an ERROR (A1111 applies them; Comfy-Org/ComfyUI#11245); "
+                "set network.module.use_tucker=false for files ComfyUI applies whole"
+            )
 
     def peft_config(self, targets, rank_pattern, alpha_pattern) -> LoKrConfig:
         return LoKrConfig(

@@ -21,6 +21,7 @@ from torch import nn
 from train.errors import ConfigError, UserError
 from train.lora_format import build_metadata, read_lora, save_lora
 from train.networks.base import WEIGHTS_KEY, MaxNormStats, Network, NetworkTargets, forked_seed, freeze
+from train.networks.kohya_defaults import KohyaDifference, peft_differences
 from train.networks.names import UNET_PREFIX, canonical_module_name, named_layers
 
 ADAPTER = "default"
@@ -115,6 +116,9 @@ class PeftNetwork(Network):
 
     def after_apply(self, layers: dict[str, BaseTunerLayer]) -> None:
         """Hook for families that add behaviour around peft's layers (dropouts, DoRA)."""
+
+    def kohya_differences(self) -> list[KohyaDifference]:
+        return peft_differences(self.cfg, self.network_module)
 
     def network_args(self) -> dict[str, str]:
         args: dict[str, str] = {"algo": self.algo} if self.algo else {}
