@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweeper.config import SweeperConfig
+from sweeper.config_store import SAMPLER_NODES
 from sweeper.store.storage import make_storage
 from sweeper.store.study import (
     PRUNERS,
@@ -279,3 +280,13 @@ def test_a_retry_marked_before_a_kill_is_enqueued_by_the_next_recovery(tmp_path)
     (retry,) = study.get_trials(states=(TrialState.WAITING,))
     assert retry.user_attrs == {"retry_of": failed.number, "attempt": 1}
     assert requeue_failed(study, storage) == []  # once only
+
+
+def test_a_sampler_chosen_by_target_over_the_tpe_group_drops_tpes_defaults(tmp_path):
+    # hydra.sweeper.sampler: {_target_: ...RandomSampler} in a config merges over the tpe group's settings.
+    spec = {**SAMPLER_NODES["tpe"], "_target_": "optuna.samplers.RandomSampler", "seed": 3}
+    study = create_study(cfg(sampler=spec), make_storage(None, tmp_path))
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    changed = {**spec, "n_startup_trials": 5}  # set by the user, not left by the group: said, not dropped
+    with pytest.raises(ConfigError, match=r"hydra\.sweeper\.sampler\.n_startup_trials: RandomSampler takes no"):
+        create_study(cfg(sampler=changed), make_storage(None, tmp_path / "b"))
