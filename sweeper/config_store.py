@@ -20,21 +20,23 @@ from hydra.core.config_store import ConfigStore
 
 from sweeper.config import SweeperConfig
 
+_TPE: dict[str, Any] = {
+    "_target_": "optuna.samplers.TPESampler",
+    "seed": 0,
+    "consider_prior": None,
+    "prior_weight": None,
+    "consider_magic_clip": None,
+    "consider_endpoints": None,
+    "n_startup_trials": 10,
+    "n_ei_candidates": 24,
+    "multivariate": None,
+    "warn_independent_sampling": None,
+}
+
 # Each sampler's settings as the plugin's config.py lists them, limited to those the
 # installed Optuna still takes. Seeds are 0 (the plugin: none) so a study is reproducible.
 SAMPLER_NODES: dict[str, dict[str, Any]] = {
-    "tpe": {
-        "_target_": "optuna.samplers.TPESampler",
-        "seed": 0,
-        "consider_prior": None,
-        "prior_weight": None,
-        "consider_magic_clip": None,
-        "consider_endpoints": None,
-        "n_startup_trials": 10,
-        "n_ei_candidates": 24,
-        "multivariate": None,
-        "warn_independent_sampling": None,
-    },
+    "tpe": _TPE,
     "random": {"_target_": "optuna.samplers.RandomSampler", "seed": 0},
     "cmaes": {
         "_target_": "optuna.samplers.CmaEsSampler",
@@ -60,16 +62,8 @@ SAMPLER_NODES: dict[str, dict[str, Any]] = {
         "constraints_func": None,
     },
     # Optuna 4 removed MOTPESampler; TPESampler optimizes several objectives itself.
-    "motpe": {
-        "_target_": "optuna.samplers.TPESampler",
-        "seed": 0,
-        "consider_prior": None,
-        "prior_weight": None,
-        "consider_magic_clip": None,
-        "consider_endpoints": None,
-        "n_startup_trials": 10,
-        "n_ei_candidates": 24,
-    },
+    # Its n_ehvi_candidates is accepted and, left at its default, dropped (TPESampler has no such setting).
+    "motpe": {**_TPE, "n_ehvi_candidates": 24},
     "qmc": {"_target_": "optuna.samplers.QMCSampler", "seed": 0, "qmc_type": "sobol", "scramble": False},
     # The grid is built from hydra.sweeper.params when the sweep starts (the plugin's `_partial_: true`).
     "grid": {"_target_": "optuna.samplers.GridSampler", "seed": 0},

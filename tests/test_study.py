@@ -290,3 +290,10 @@ def test_a_sampler_chosen_by_target_over_the_tpe_group_drops_tpes_defaults(tmp_p
     changed = {**spec, "n_startup_trials": 5}  # set by the user, not left by the group: said, not dropped
     with pytest.raises(ConfigError, match=r"hydra\.sweeper\.sampler\.n_startup_trials: RandomSampler takes no"):
         create_study(cfg(sampler=changed), make_storage(None, tmp_path / "b"))
+
+
+@pytest.mark.parametrize("name", sorted(set(SAMPLER_NODES) - {"grid"}))
+def test_every_sampler_group_option_builds(tmp_path, name):
+    # hydra/sweeper/sampler=<name> as composed: every setting it lists reaches the installed Optuna's sampler.
+    study = create_study(cfg(sampler=dict(SAMPLER_NODES[name])), make_storage(None, tmp_path))
+    assert type(study.sampler).__name__ == get_object(SAMPLER_NODES[name]["_target_"]).__name__
