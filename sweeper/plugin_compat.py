@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import difflib
 import logging
 from typing import Any
 
@@ -104,25 +103,3 @@ def announce_differences(kwargs: dict[str, Any], choices: Any) -> None:
         log.warning("hydra/sweeper=optuna runs this sweeper with defaults the official plugin sets otherwise: %s. "
                     "Set them in hydra.sweeper to choose.", "; ".join(notes))
 
-
-def check_sweeper_arguments(argv: list[str]) -> None:
-    """Unknown ``hydra.sweeper`` keys on the command line, before Hydra composes (it would exit 1 with a hint).
-
-    ``+hydra.sweeper.x=...`` and keys in YAML reach SweeperConfig, which gives the same message.
-    """
-    from sweeper.config import check_sweeper_keys
-    from sweeper.config_store import SAMPLER_NODES
-
-    sampler = next((a.split("=", 1)[1] for a in argv if a.startswith("hydra/sweeper/sampler=")), "tpe")
-    for arg in argv:
-        key = arg.split("=", 1)[0]
-        if "=" not in arg or not key.startswith("hydra.sweeper."):
-            continue
-        parts = key.split(".")
-        check_sweeper_keys({parts[2]: None})
-        known = {k for node in SAMPLER_NODES.values() for k in node}
-        if parts[2] == "sampler" and len(parts) == 4 and parts[3] not in known:
-            settings = sorted(k for k in SAMPLER_NODES.get(sampler, {}) if not k.startswith("_"))
-            near = difflib.get_close_matches(parts[3], settings, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise ConfigError(f"{key}: unknown sampler setting; {hint}{sampler} takes: {', '.join(settings)}")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 from optuna.distributions import IntDistribution
 
+from sweeper.config import check_sweeper_arguments
 from sweeper.hydra_sweeper import split_arguments, sweeper_config
-from sweeper.plugin_compat import check_sweeper_arguments, fix_searched_keys
+from sweeper.plugin_compat import fix_searched_keys
 from sweeper.slots.pool import concurrent_slots
 from sweeper.space.custom import custom_search_space
 from sweeper.space.grid import with_grid

@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> str | None:
 
 def _check_arguments() -> None:
     """What Hydra would reject with a hint and exit 1, said in one line with exit 2 (unknown hydra.sweeper keys)."""
-    from sweeper.plugin_compat import check_sweeper_arguments
+    from sweeper.config import check_sweeper_arguments
 
     try:
         check_sweeper_arguments(sys.argv[1:])
