@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -113,11 +114,23 @@ def test_run_writes_checkpoints_summary_and_metadata(make_run):
 
 
 def test_caption_augmentation_with_text_cache_stops_in_preflight(make_run):
-    cfg = make_run(*FAST, "dataset.shuffle_caption=true")
+    # Asked for explicitly, the text cache cannot keep per-step captions: one error naming both keys.
+    cfg = make_run(*FAST, "dataset.shuffle_caption=true", "train.cache_text_encoder_outputs=true")
     with pytest.raises(ConfigError, match=r"train\.cache_text_encoder_outputs: .*shuffle_caption"):
         LoRATrainingRecipe(cfg, Path(cfg.paths.output_dir)).preflight()
     recipe, _ = run(make_run(*FAST, "dataset.shuffle_caption=true", "train.cache_text_encoder_outputs=false"))
-    assert recipe.disabled_augmentations == []
+    assert recipe.disabled_augmentations == [] and recipe.text_cache is None
+
+
+def test_text_cache_left_unset_is_used_only_when_captions_are_fixed(make_run, caplog):
+    # The default (null): cached when every caption is the same each step; a kohya subset with
+    # shuffle_caption trains with its shuffled captions, encoded each step, and says so.
+    caplog.set_level(logging.INFO, logger="train.recipe")
+    recipe, _ = run(make_run(*FAST, "dataset.shuffle_caption=true"))
+    assert recipe.text_cache is None and recipe.disabled_augmentations == []
+    assert "text-encoder outputs are not cached" in caplog.text
+    recipe, _ = run(make_run(*FAST))
+    assert recipe.text_cache is not None and recipe.text_cache.encode_count > 0
 
 
 def test_resume_from_network_weights_starts_from_saved_lora(make_run):

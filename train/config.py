@@ -252,7 +252,9 @@ class TrainConfig:
     network_weights: str | None = None
     cache_latents: bool = True
     latent_sampling: str = "once"
-    cache_text_encoder_outputs: bool = True
+    # null: cache them when every caption is the same at each step (no shuffle, dropout, warm-up or
+    # wildcard choice), else encode each step; true: cache, and refuse per-step captions; false: never.
+    cache_text_encoder_outputs: bool | None = None
     # "auto" picks cuda when available, else cpu.
     device: str = "auto"
     log_every_n_steps: int = 1

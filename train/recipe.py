@@ -90,11 +90,15 @@ class LoRATrainingRecipe:
         problems = data.cache_problems(self.records, cfg.train.cache_latents)
         if problems:
             raise ConfigError("train.cache_latents: " + "; ".join(problems))
-        # Cached text-encoder outputs hold one caption per image, so per-step captions stop the run here.
-        uses_text_cache = cfg.train.cache_text_encoder_outputs and not cfg.network.train_text_encoder
-        problems = data.text_cache_problems(self.records, uses_text_cache)
-        if problems:
+        # Cached text-encoder outputs hold one caption per image: per-step captions stop a run that asked
+        # for the cache, and turn it off where it was left unset (null).
+        wanted = cfg.train.cache_text_encoder_outputs
+        problems = data.text_cache_problems(self.records, wanted is not False and not cfg.network.train_text_encoder)
+        if problems and wanted:
             raise ConfigError("train.cache_text_encoder_outputs: " + "; ".join(problems))
+        if problems:
+            log.info("captions change every step, so text-encoder outputs are not cached: %s", "; ".join(problems))
+        self.use_text_cache = wanted is not False and not problems
         if cfg.evaluate.enabled:
             self.prompts = load_prompts(cfg.evaluate)
             check_objective(cfg.evaluate.objective, cfg.evaluate.available_metrics(bool(self.val_records)))
@@ -172,7 +176,7 @@ class LoRATrainingRecipe:
                 self.latents.prepare(flips, progress=advance)
             model.vae.to("cpu")  # not needed on the device again
         self.text_cache = None
-        if cfg.train.cache_text_encoder_outputs and not self.trainable["text_encoder"]:
+        if self.use_text_cache and not self.trainable["text_encoder"]:
             # Embeddings depend on the encoder's weights and the dtype it runs in.
             identity = f"{model.model_hash}:{self.weight_dtype}"
             self.text_cache = TextEmbeddingCache(self.cache_dir / "text", identity, self._encode_text)
