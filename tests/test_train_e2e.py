@@ -119,15 +119,16 @@ def test_caption_augmentation_with_text_cache_stops_in_preflight(make_run):
     with pytest.raises(ConfigError, match=r"train\.cache_text_encoder_outputs: .*shuffle_caption"):
         LoRATrainingRecipe(cfg, Path(cfg.paths.output_dir)).preflight()
     recipe, _ = run(make_run(*FAST, "dataset.shuffle_caption=true", "train.cache_text_encoder_outputs=false"))
-    assert recipe.disabled_augmentations == [] and recipe.text_cache is None
+    assert recipe.text_cache is None
 
 
 def test_text_cache_left_unset_is_used_only_when_captions_are_fixed(make_run, caplog):
     # The default (null): cached when every caption is the same each step; a kohya subset with
     # shuffle_caption trains with its shuffled captions, encoded each step, and says so.
-    caplog.set_level(logging.INFO, logger="train.recipe")
+    caplog.set_level(logging.INFO, logger="train.data.captions")
     recipe, _ = run(make_run(*FAST, "dataset.shuffle_caption=true"))
-    assert recipe.text_cache is None and recipe.disabled_augmentations == []
+    assert recipe.text_cache is None
+    assert json.loads((recipe.output_dir / "train_summary.json").read_text())["text_encoder_outputs_cached"] is False
     assert "text-encoder outputs are not cached" in caplog.text
     recipe, _ = run(make_run(*FAST))
     assert recipe.text_cache is not None and recipe.text_cache.encode_count > 0

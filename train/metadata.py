@@ -60,7 +60,7 @@ def training_metadata(recipe, *, step: int, epoch: int, name: str) -> dict[str, 
 
 
 def run_stats(recipe) -> dict[str, object]:
-    """The run summary's figures (train_summary.json): steps, speed, what was encoded or disabled."""
+    """The run summary's figures (train_summary.json): steps, speed, what was encoded or cached."""
     elapsed = time.time() - getattr(recipe, "started_at", time.time())
     steps = getattr(recipe, "final_step", 0)
     return {
@@ -71,7 +71,7 @@ def run_stats(recipe) -> dict[str, object]:
         "num_validation_images": len(recipe.val_records),
         "latent_encodes": recipe.latents.encode_count,
         "text_encodes": recipe.text_cache.encode_count if recipe.text_cache else 0,
-        "disabled_augmentations": recipe.disabled_augmentations,
+        "text_encoder_outputs_cached": recipe.text_cache is not None,
         "train_seconds": round(elapsed, 3),
         "steps_per_second": round(steps / elapsed, 3) if elapsed > 0 else None,
     }

@@ -90,15 +90,8 @@ class LoRATrainingRecipe:
         problems = data.cache_problems(self.records, cfg.train.cache_latents)
         if problems:
             raise ConfigError("train.cache_latents: " + "; ".join(problems))
-        # Cached text-encoder outputs hold one caption per image: per-step captions stop a run that asked
-        # for the cache, and turn it off where it was left unset (null).
-        wanted = cfg.train.cache_text_encoder_outputs
-        problems = data.text_cache_problems(self.records, wanted is not False and not cfg.network.train_text_encoder)
-        if problems and wanted:
-            raise ConfigError("train.cache_text_encoder_outputs: " + "; ".join(problems))
-        if problems:
-            log.info("captions change every step, so text-encoder outputs are not cached: %s", "; ".join(problems))
-        self.use_text_cache = wanted is not False and not problems
+        wanted, train_te = cfg.train.cache_text_encoder_outputs, cfg.network.train_text_encoder
+        self.use_text_cache = data.use_text_cache(self.records, wanted, train_te)
         if cfg.evaluate.enabled:
             self.prompts = load_prompts(cfg.evaluate)
             check_objective(cfg.evaluate.objective, cfg.evaluate.available_metrics(bool(self.val_records)))
@@ -163,7 +156,6 @@ class LoRATrainingRecipe:
             r.subset: data.CaptionProcessor.from_subset(r.subset) for r in self.records + self.val_records
         }
         self.current_step = 0  # optimizer steps done: drives kohya's token warm-up
-        self.disabled_augmentations: list[str] = []  # preflight refuses what the text cache cannot do
         # The VAE stays fp32 (as loaded): SD's VAE overflows in fp16.
         model.vae.to(self.device)
         self.latents = LatentCache(

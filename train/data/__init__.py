@@ -10,7 +10,7 @@ from train.data.augment import (
 )
 from train.data.batches import batch_sizes_of, plan_epoch, sample_counts, steps_per_epoch
 from train.data.buckets import BucketManager, assign_bucket, make_buckets, select_bucket
-from train.data.captions import CaptionProcessor, read_caption, text_cache_problems
+from train.data.captions import CaptionProcessor, read_caption, text_cache_problems, use_text_cache
 from train.data.dataset import load_dataset
 from train.data.images import IMAGE_EXTENSIONS, load_image_tensor, to_rgb_on_white
 from train.data.records import (
@@ -56,4 +56,5 @@ __all__ = [
     "target_size_hw",
     "text_cache_problems",
     "to_rgb_on_white",
+    "use_text_cache",
 ]

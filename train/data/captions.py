@@ -8,6 +8,7 @@ step and ``random.Random`` state give the same result, with the same draws as ko
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import re
@@ -16,10 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from train.errors import ConfigError
+
 if TYPE_CHECKING:
     from train.data.records import ImageRecord
     from train.data.sources import Subset
 
+log = logging.getLogger(__name__)
 # Subset options that change the caption from step to step.
 PER_STEP_CAPTION_KEYS = (
     "shuffle_caption",
@@ -237,11 +241,26 @@ class CaptionProcessor:
         return caption
 
 
+def use_text_cache(records: Iterable[ImageRecord], wanted: bool | None, train_text_encoder: bool) -> bool:
+    """Whether to cache text-encoder outputs (``train.cache_text_encoder_outputs``: ``wanted``).
+
+    Cached outputs hold one caption per image: a subset whose captions change per step stops a
+    run that asked for the cache (true), and turns the cache off where it was left unset (null).
+    """
+    if wanted is False or train_text_encoder:
+        return False
+    problems = text_cache_problems(records, True)
+    if problems and wanted:
+        raise ConfigError("train.cache_text_encoder_outputs: " + "; ".join(problems))
+    if problems:
+        log.info("captions change every step, so text-encoder outputs are not cached: %s", "; ".join(problems))
+    return not problems
+
+
 def text_cache_problems(records: Iterable[ImageRecord], cache_text_encoder_outputs: bool) -> list[str]:
     """One line per subset whose captions change per step, which cached text-encoder outputs cannot follow.
 
-    Cached outputs are encoded once per caption, so the run must stop rather than quietly
-    train without the option. enable_wildcard counts only when a caption has a choice.
+    enable_wildcard counts only when a caption has a choice.
     """
     if not cache_text_encoder_outputs:
         return []
