@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from PIL import Image
 
 from evaluate.loggers import RunLogger
-from evaluate.secrets import flatten, scrub_secrets, scrub_text
+from evaluate.secrets import flatten, scrub_process_argv, scrub_secrets, scrub_text
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,15 @@ def resolve_mode(mode: str = "auto", environ: Mapping[str, str] | None = None) -
     return mode
 
 
+def start_wandb_run(mode: str, init_timeout: float, **kwargs):
+    """``wandb.init`` for every run this project starts (training runs, promotions), secrets kept out."""
+    import wandb
+
+    scrub_process_argv()  # W&B stores sys.argv in the run's metadata
+    settings = wandb.Settings(silent=True, console="off", init_timeout=init_timeout)
+    return wandb.init(mode=mode, settings=settings, **kwargs)
+
+
 class WandbLogger(RunLogger):
     # Seconds an online init may take before the run falls back to offline.
     INIT_TIMEOUT_S = 20.0
@@ -103,10 +112,7 @@ class WandbLogger(RunLogger):
         self.run = self._init("offline", kwargs)
 
     def _init(self, mode: str, kwargs: dict):
-        import wandb
-
-        settings = wandb.Settings(silent=True, console="off", init_timeout=self.INIT_TIMEOUT_S)
-        return wandb.init(mode=mode, settings=settings, **kwargs)
+        return start_wandb_run(mode, self.INIT_TIMEOUT_S, **kwargs)
 
     def log_scalars(self, step, values) -> None:
         if self.run is not None:

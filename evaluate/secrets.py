@@ -8,6 +8,7 @@ their shape: a long random string under an ordinary key is left alone.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,3 +75,20 @@ def flatten(config: Mapping[str, Any], sep: str = ".") -> dict[str, Any]:
         else:
             flat[str(key)] = dict(value) if isinstance(value, Mapping) else value
     return flat
+
+
+def scrub_argument(arg: str) -> str:
+    """One command-line argument with its secret masked: a secret key's value, a URL's password."""
+    key, sep, value = arg.partition("=")
+    if sep and value and is_secret_key(key.lstrip("+~").rsplit(".", 1)[-1]):
+        return f"{key}={MASK}"
+    return scrub_text(arg)
+
+
+def scrub_process_argv() -> None:
+    """Mask secrets in this process's ``sys.argv``, which W&B records in every run's files.
+
+    Called where a W&B run starts: the command line was parsed long before, and sweep
+    workers inherit their controller's argv (a storage URL with its password).
+    """
+    sys.argv[:] = [scrub_argument(arg) for arg in sys.argv]

@@ -11,7 +11,7 @@ from PIL import Image
 
 from evaluate.loggers import MultiLogger, RunLogger, TensorBoardLogger, WandbLogger, build_logger
 from evaluate.loggers_wandb import resolve_mode
-from evaluate.secrets import flatten, scrub_secrets
+from evaluate.secrets import flatten, scrub_argument, scrub_secrets
 from tests.conftest import CONF_DIR, compose_run
 from train.errors import ConfigError
 
@@ -71,6 +71,13 @@ def test_scrub_secrets_masks_keys_passwords_and_url_passwords():
     for key in ("keep_tokens", "caption_extension", "keys", "lr", "url"):
         assert scrubbed[key] == config[key]
     assert config["db"]["password"] == "pw", "the input is left untouched"
+
+
+def test_command_line_arguments_lose_their_secrets():
+    assert scrub_argument("hydra.sweeper.storage=postgresql://u:pw@h:5432/db") == "hydra.sweeper.storage=postgresql://u:***@h:5432/db"
+    assert scrub_argument("+logger.backends.wandb.api_key=abc") == "+logger.backends.wandb.api_key=***"
+    assert scrub_argument("network.dim=4") == "network.dim=4"
+    assert scrub_argument("train.keep_tokens=2") == "train.keep_tokens=2"
 
 
 def test_flatten_joins_nested_keys_and_keeps_lists():

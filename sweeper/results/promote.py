@@ -87,7 +87,7 @@ def _wandb_settings(ref: StudyRef) -> dict | None:
 
 def log_wandb_artifact(ref: StudyRef, result: Promotion) -> dict | None:
     """Log the promoted file as a ``lora`` artifact aliased best and production; offline unless configured."""
-    from evaluate.loggers_wandb import resolve_mode
+    from evaluate.loggers_wandb import resolve_mode, start_wandb_run
 
     settings = _wandb_settings(ref)
     if settings is None:
@@ -100,16 +100,16 @@ def log_wandb_artifact(ref: StudyRef, result: Promotion) -> dict | None:
 
     manifest = result.manifest
     name = re.sub(r"[^A-Za-z0-9._-]+", "-", f"{manifest['study']}-lora")
-    run = wandb.init(
+    run = start_wandb_run(
+        mode,
+        20.0,
         project=settings.get("project", "lora-sweep"),
         entity=settings.get("entity"),
         job_type="promote",
         group=manifest["study"],
         name=f"promote-{manifest['study']}-v{manifest['version']:03d}",
         dir=str(result.path.parent),
-        mode=mode,
         config=scrub_secrets({"trial": manifest["trial"], "params": manifest["params"]}),
-        settings=wandb.Settings(silent=True, console="off", init_timeout=20.0),
         reinit="finish_previous",
     )
     try:

@@ -1,0 +1,65 @@
+"""No secret reaches a file: a sweep, a promotion and a report with three secrets planted.
+
+The storage URL carries a password (PostgreSQL's trust auth accepts any), and
+WANDB_API_KEY and HF_TOKEN are set. W&B logs offline. Every file the three
+commands write is read as bytes, W&B's binary run files included.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.services import postgres_url
+from tests.sweeps import ROOT, sweep_args
+
+pytestmark = pytest.mark.slow
+SECRETS = {
+    "password": "PgPlantedPw77",
+    "WANDB_API_KEY": "wk" + "0123456789abcdef" * 2 + "PLANTED",
+    "HF_TOKEN": "hf_PlantedToken0123456789",
+}
+
+
+def _run(args: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
+
+
+def test_no_planted_secret_is_written_by_a_sweep_a_promotion_or_a_report(tiny_model_dir, tmp_path):
+    url = postgres_url()  # postgresql+psycopg2://user@host:port/db
+    head, _, rest = url.partition("@")
+    storage = f"{head.replace('+psycopg2', '')}:{SECRETS['password']}@{rest}"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "LORA_SWEEP_CACHE": str(tmp_path / "cache"),
+        "WANDB_MODE": "offline",
+        "WANDB_API_KEY": SECRETS["WANDB_API_KEY"],
+        "HF_TOKEN": SECRETS["HF_TOKEN"],
+    }
+    study = f"secrets-{uuid.uuid4().hex[:8]}"
+    overrides = [
+        a for a in sweep_args(tiny_model_dir, tmp_path / "sw", logger="wandb") if a not in ("-m", "logger=none")
+    ]
+    overrides += [f"hydra.sweeper.storage={storage}", f"hydra.sweeper.study_name={study}", "hydra.sweeper.n_trials=2"]
+    sweep = _run(["-m", "train", "-m", *overrides], tmp_path, env)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    promote = _run(["-m", "sweeper", "promote", *overrides], tmp_path, env)
+    assert promote.returncode == 0, promote.stderr[-3000:]
+    report = _run(["-m", "sweeper", "report", *overrides, "--out", str(tmp_path / "report.html")], tmp_path, env)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert list((tmp_path / "sw").rglob("*.wandb")) and list((tmp_path / "promoted").rglob("*.wandb"))
+
+    leaks = []
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and "cache" not in path.relative_to(tmp_path).parts:
+            data = path.read_bytes()
+            leaks += [f"{name} in {path}" for name, secret in SECRETS.items() if secret.encode() in data]
+    for result in (sweep, promote, report):  # what the commands print is kept in logs and CI output too
+        leaks += [f"{name} in output" for name, s in SECRETS.items() if s in result.stdout + result.stderr]
+    assert not leaks, "\n".join(leaks)
