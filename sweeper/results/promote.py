@@ -108,7 +108,7 @@ def log_wandb_artifact(ref: StudyRef, result: Promotion) -> dict | None:
         job_type="promote",
         group=manifest["study"],
         name=f"promote-{manifest['study']}-v{manifest['version']:03d}",
-        dir=str(result.path.parent),
+        dir=str(result.path.parent.resolve()),
         config=scrub_secrets({"trial": manifest["trial"], "params": manifest["params"]}),
         reinit="finish_previous",
     )
