@@ -17,8 +17,10 @@ itself from diffusers' community lpw pipeline and A1111's prompt_parser).
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # parsing a prompt file needs no torch; encoding does (imported there)
+    import torch
 
 WINDOW = 75  # tokens per window, between its BOS and EOS
 
@@ -91,6 +93,8 @@ def count_windows(tokenizers, text: str) -> int:
 
 
 def _windows(tokenizer, text: str, windows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     """(windows, 77) token ids and weights; windows past the prompt's own encode the empty prompt."""
     ids, weights = weighted_tokens(tokenizer, text)
     rows, row_weights = [], []
@@ -112,6 +116,8 @@ def encode_weighted(
     ``hidden_layer`` None: the last layer's output (SD 1.x/2.x); -2: the penultimate hidden
     state, without the final norm (both SDXL encoders), as diffusers' pipelines take them.
     """
+    import torch
+
     ids, weights = _windows(tokenizer, text, windows)
     states, pooled = [], None
     for row in ids.to(device).split(1):  # one window per call: the first is bit-identical to a plain encode

@@ -9,18 +9,12 @@ the recipe calls ``build_scheduler``. Each one steps once per optimizer step.
 from __future__ import annotations
 
 import bisect
+import contextvars
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from diffusers.optimization import (
-    get_constant_schedule,
-    get_constant_schedule_with_warmup,
-    get_cosine_schedule_with_warmup,
-    get_cosine_with_hard_restarts_schedule_with_warmup,
-    get_linear_schedule_with_warmup,
-    get_polynomial_decay_schedule_with_warmup,
-)
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
@@ -55,20 +49,33 @@ def _check_training_steps(num_training_steps: int) -> None:
         raise ConfigError(f"train.max_train_steps: the schedule needs at least 1 step, got {num_training_steps}")
 
 
+# Set while the pre-flight checks a schedule's options: the diffusers schedule is then not
+# built, so the check needs no diffusers import (seconds on 2 cores) before any model loads.
+_checking_only = contextvars.ContextVar("checking_only", default=False)
+
+
+def _diffusers_schedule(name: str) -> Callable[..., LRScheduler | None]:
+    if _checking_only.get():
+        return lambda *args, **kwargs: None
+    from diffusers import optimization
+
+    return getattr(optimization, name)
+
+
 def constant(optimizer: Optimizer, num_training_steps: int) -> LRScheduler:
     _check_training_steps(num_training_steps)
-    return get_constant_schedule(optimizer)
+    return _diffusers_schedule("get_constant_schedule")(optimizer)
 
 
 def constant_with_warmup(optimizer: Optimizer, num_training_steps: int, warmup_steps: int | float = 0) -> LRScheduler:
     _check_training_steps(num_training_steps)
-    return get_constant_schedule_with_warmup(optimizer, resolve_warmup_steps(warmup_steps, num_training_steps))
+    return _diffusers_schedule("get_constant_schedule_with_warmup")(optimizer, resolve_warmup_steps(warmup_steps, num_training_steps))
 
 
 def linear(optimizer: Optimizer, num_training_steps: int, warmup_steps: int | float = 0) -> LRScheduler:
     _check_training_steps(num_training_steps)
     warmup = resolve_warmup_steps(warmup_steps, num_training_steps)
-    return get_linear_schedule_with_warmup(optimizer, warmup, num_training_steps)
+    return _diffusers_schedule("get_linear_schedule_with_warmup")(optimizer, warmup, num_training_steps)
 
 
 def cosine(
@@ -78,7 +85,7 @@ def cosine(
     if isinstance(num_cycles, bool) or not isinstance(num_cycles, (int, float)) or num_cycles <= 0:
         raise ConfigError(f"scheduler.factory.num_cycles: must be > 0, got {num_cycles!r}")
     warmup = resolve_warmup_steps(warmup_steps, num_training_steps)
-    return get_cosine_schedule_with_warmup(optimizer, warmup, num_training_steps, num_cycles=float(num_cycles))
+    return _diffusers_schedule("get_cosine_schedule_with_warmup")(optimizer, warmup, num_training_steps, num_cycles=float(num_cycles))
 
 
 def cosine_with_restarts(
@@ -88,7 +95,7 @@ def cosine_with_restarts(
     if isinstance(num_cycles, bool) or not isinstance(num_cycles, int) or num_cycles < 1:
         raise ConfigError(f"scheduler.factory.num_cycles: must be an integer >= 1, got {num_cycles!r}")
     warmup = resolve_warmup_steps(warmup_steps, num_training_steps)
-    return get_cosine_with_hard_restarts_schedule_with_warmup(optimizer, warmup, num_training_steps, num_cycles)
+    return _diffusers_schedule("get_cosine_with_hard_restarts_schedule_with_warmup")(optimizer, warmup, num_training_steps, num_cycles)
 
 
 def polynomial(
@@ -107,7 +114,7 @@ def polynomial(
             f"scheduler.factory.lr_end: must be >= 0 and below optimizer.learning_rate ({base_lr}), got {lr_end!r}"
         )
     warmup = resolve_warmup_steps(warmup_steps, num_training_steps)
-    return get_polynomial_decay_schedule_with_warmup(
+    return _diffusers_schedule("get_polynomial_decay_schedule_with_warmup")(
         optimizer, warmup, num_training_steps, lr_end=float(lr_end), power=float(power)
     )
 
@@ -180,4 +187,8 @@ def build_scheduler(cfg: Any, optimizer: Optimizer, num_training_steps: int) -> 
 def check_scheduler(cfg: Any, learning_rate: float = 1.0, num_training_steps: int = 1000) -> None:
     """Pre-flight: build the schedule on a dummy optimizer, so a bad piecewise string fails before any model loads."""
     dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=learning_rate)
-    build_scheduler(cfg, dummy, num_training_steps)
+    token = _checking_only.set(True)
+    try:
+        build_scheduler(cfg, dummy, num_training_steps)
+    finally:
+        _checking_only.reset(token)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
 
 from train.data.augment import Augmentation, apply_gamma, shift_hue
@@ -21,6 +20,8 @@ from train.data.buckets import Size, resize_target
 from train.errors import DatasetError
 
 if TYPE_CHECKING:
+    import torch
+
     from train.data.records import ImageRecord
 
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
@@ -113,5 +114,7 @@ def load_image_tensor(
     pixels = pixels.astype(np.float32)
     if flip:
         pixels = pixels[:, ::-1]
+    import torch  # here, not at the top: the dataset pre-flight runs without torch
+
     tensor = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).contiguous()
     return tensor / 127.5 - 1.0

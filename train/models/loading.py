@@ -18,17 +18,19 @@ import re  # noqa: E402
 import zipfile  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 import torch  # noqa: E402
-from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
-from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file as load_safetensors  # noqa: E402
-from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer  # noqa: E402
 
 from train.config import PREDICTION_TYPES, ModelConfig  # noqa: E402
 from train.errors import ModelLoadError  # noqa: E402
 from train.models import hashing  # noqa: E402
+
+if TYPE_CHECKING:  # diffusers and transformers load with the model, after the pre-flight (seconds on 2 cores)
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth")
 SINGLE_FILE_SUFFIXES = (".safetensors", *PICKLE_SUFFIXES)
@@ -221,6 +223,10 @@ def load_single_file_components(
     path: Path, config_dir: Path, allow_unsafe_pickle: bool, architecture: str = "sd"
 ) -> dict[str, torch.nn.Module]:
     """Convert an original (LDM, or SGM for SDXL) checkpoint into diffusers U-Net, VAE and CLIP text encoder(s)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
     state = read_checkpoint(path, allow_unsafe_pickle)
     common = {"config": str(config_dir), "local_files_only": True, "torch_dtype": torch.float32}
     loaders = {
@@ -301,6 +307,9 @@ def _resolve_prediction_type(cfg: ModelConfig, scheduler_config: dict, config_so
 
 
 def _load_folder_components(folder: Path, architecture: str = "sd") -> dict[str, torch.nn.Module]:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
     # fp32 whatever the files hold: the trainer casts for mixed precision itself.
     common = {"local_files_only": True, "torch_dtype": torch.float32}
     text = {"local_files_only": True, "dtype": torch.float32}
@@ -323,6 +332,8 @@ def _load_folder_components(folder: Path, architecture: str = "sd") -> dict[str,
 
 
 def _load_tokenizer(config_source: Path, key: str, subfolder: str = "tokenizer") -> CLIPTokenizer:
+    from transformers import CLIPTokenizer
+
     try:
         return CLIPTokenizer.from_pretrained(config_source, subfolder=subfolder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
@@ -336,6 +347,8 @@ def _weight_components(architecture: str) -> tuple[str, ...]:
 
 def load_base_model(cfg: ModelConfig) -> BaseModel:
     """Load U-Net, VAE, text encoder(s), tokenizer(s) and training scheduler, frozen, in eval mode, fp32 on CPU."""
+    from diffusers import DDPMScheduler
+
     ensure_model_available(cfg)
     path = Path(cfg.path).expanduser().resolve()
     if path.is_dir():

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import torch
-from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from train.atomic import write_bytes_atomic
@@ -187,6 +186,8 @@ class Hypernetwork(Network):
         if SUBMODULE in unet._modules:
             raise RuntimeError("Hypernetwork.apply: this U-Net already has a hypernetwork")
         freeze(targets)
+        from diffusers.models.attention_processor import Attention  # with the model: reading a file needs no diffusers
+
         attentions = [m for m in unet.modules() if isinstance(m, Attention) and m.to_k is not None]
         widths = self._widths(sorted({a.to_k.in_features for a in attentions}))
         with forked_seed(seed):
