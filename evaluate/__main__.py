@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from evaluate.score_config import register_score_config
+from train.cli import exit_with, report_hydra_errors_as_user_errors
 from train.config import register_configs
 from train.errors import UserError
 
@@ -23,16 +23,21 @@ def main(cfg: DictConfig) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from evaluate.compare import FileComparison
+    from evaluate.compare_check import check_comparison
     from train.__main__ import to_run_config
 
     try:
         score_cfg = to_run_config(cfg)
-        comparison = FileComparison(score_cfg, Path(score_cfg.paths.output_dir))
+        checked = check_comparison(score_cfg)  # every input, before the model libraries load
+    except UserError as err:
+        exit_with(err)
+    from evaluate.compare import FileComparison  # diffusers, the pipelines
+
+    try:
+        comparison = FileComparison(score_cfg, Path(score_cfg.paths.output_dir), checked=checked)
         results = comparison.run()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        exit_with(err)
     demo = " (demo weights: not real scores)" if comparison.scorer_demo else ""
     table = Table(title=f"LoRA scores{demo}")
     for column in ("file", "step", *comparison.metric_names, "objective"):
@@ -50,4 +55,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    report_hydra_errors_as_user_errors()
     main()

@@ -42,16 +42,17 @@ class StudyRef:
 def compose_sweep(overrides: list[str]) -> DictConfig:
     """The config ``python -m train -m <overrides>`` would compose, Hydra's own node included."""
     from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
+    from hydra.errors import CompactHydraException
 
+    from train.cli import describe_hydra_error
     from train.config import register_configs
 
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             return compose("config", overrides=list(overrides), return_hydra_config=True)
-    except HydraException as err:
-        raise ConfigError(f"overrides: {str(err).splitlines()[0]}") from None
+    except CompactHydraException as err:
+        raise ConfigError(describe_hydra_error(err)) from None
 
 
 def _sweeper_config(cfg: DictConfig) -> SweeperConfig:
