@@ -22,28 +22,26 @@ from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
+from safetensors import safe_open
 
+from evaluate.compare_check import CheckedComparison, check_comparison
 from evaluate.grid import make_grid, save_png_atomic
-from evaluate.objective import check_objective, is_better, objective_value, used_metrics
+from evaluate.objective import is_better, objective_value, used_metrics
 from evaluate.pipelines import build_pipeline
-from evaluate.prompts import load_prompts
 from evaluate.render import Render, Renderer, RenderJob, Strength, plan_renders
 from evaluate.score_config import ScoreConfig
 from evaluate.scoring import build_scorer
-from train import data
 from train.atomic import write_bytes_atomic
-from train.data.split import split_validation
 from train.errors import ConfigError
-from train.models.loading import BaseModel, ensure_model_available, load_base_model
+from train.models.loading import BaseModel, load_base_model
 from train.networks import Network, NetworkTargets, build_network
-from train.networks.from_file import NetworkFile, inspect_network_file
+from train.networks.from_file import NetworkFile
+from train.networks.names import modules_missing_from
 
 # The Renderer sets strengths on this adapter name, as in training.
 from train.networks.peft_network import ADAPTER
 
 log = logging.getLogger(__name__)
-# A folder stands for its network files: kohya/LyCORIS .safetensors and A1111 hypernetwork .pt.
-FILE_PATTERNS = ("*.safetensors", "*.pt")
 # Families diffusers' load_lora_weights reads in full; the others get our own network.
 DIFFUSERS_FAMILIES = ("lora", "locon", "lora_fa")
 MakeRenderer = Callable[[BaseModel, Strength | None], Renderer]
@@ -58,46 +56,22 @@ class FileScores:
     value: float | None
 
 
-def expand_files(entries: list[str]) -> list[Path]:
-    """Files as given; a folder stands for its *.safetensors and *.pt, sorted. Missing paths -> one ConfigError."""
-    files, missing = [], []
-    for entry in entries:
-        path = Path(entry).expanduser()
-        if path.is_dir():
-            files += sorted(found for pattern in FILE_PATTERNS for found in path.glob(pattern))
-        elif path.is_file():
-            files.append(path)
-        else:
-            missing.append(entry)
-    if missing:
-        raise ConfigError(f"files: not found: {', '.join(missing)}")
-    if not files:
-        raise ConfigError(f"files: no .safetensors or .pt files in {', '.join(entries)}")
-    return files
-
-
 class FileComparison:
-    def __init__(self, cfg: ScoreConfig, out_dir: Path):
+    def __init__(self, cfg: ScoreConfig, out_dir: Path, checked: CheckedComparison | None = None):
         self.cfg, self.out_dir = cfg, Path(out_dir)
+        self.checked = checked  # the entry point's pre-flight, run before this module was imported
 
     def preflight(self) -> None:
-        cfg = self.cfg
-        self.files = expand_files(list(cfg.files))
-        self.networks = inspect_files(self.files)  # bad files fail here, named, before the model loads
+        """Every input checked before the model loads (evaluate/compare_check.py); keep what it read."""
+        checked = self.checked = self.checked or check_comparison(self.cfg)
+        self.files, self.networks, self.prompts, self.references = (
+            checked.files,
+            checked.networks,
+            checked.prompts,
+            checked.references,
+        )
         self.metadata = {path: found.metadata for path, found in self.networks.items()}
         self.has_text_encoder = {path: bool(found.text_encoders) for path, found in self.networks.items()}
-        self.prompts = load_prompts(cfg.evaluate)
-        self.references = []
-        if cfg.dataset.train_data_dir or cfg.dataset.dataset_config:
-            # The same training images the run compared against: held-out ones excluded.
-            records = data.load_dataset(cfg.dataset)[1]
-            train, _ = split_validation(records, cfg.dataset.validation_split, cfg.dataset.validation_seed)
-            self.references = [r.path for r in train]
-        available = cfg.evaluate.available_metrics(has_validation_images=False)
-        if not self.references:
-            available.discard("clip_i")
-        check_objective(cfg.evaluate.objective, available)
-        ensure_model_available(cfg.model)
 
     def run(self) -> list[FileScores]:
         self.preflight()
@@ -108,6 +82,7 @@ class FileComparison:
             else ("cpu" if cfg.device == "auto" else cfg.device)
         )
         model = load_base_model(cfg.model)
+        check_files_fit(self.files, model, cfg.model.path)
         for module in (model.unet, model.text_encoder, model.text_encoder_2, model.vae):
             if module is not None:
                 module.to(device)
@@ -211,17 +186,24 @@ class FileComparison:
         self.metric_names = metrics
 
 
-def inspect_files(files: list[Path]) -> dict[Path, NetworkFile]:
-    """Each file's family and network config; every unusable file named in one ConfigError."""
-    found, problems = {}, []
-    for path in files:
-        try:
-            found[path] = inspect_network_file(path, key="files")
-        except ConfigError as error:
-            problems.append(str(error).removeprefix("files: "))
+def check_files_fit(files: list[Path], model: BaseModel, model_path: str) -> None:
+    """Every module a file names exists in the base model; else one ConfigError naming the files and modules.
+
+    diffusers' loader skips modules it cannot place (a warning, then the base model's own
+    images scored as the file's) and peft stops with NoMatchingPeftModuleError when none fit.
+    """
+    targets, problems = NetworkTargets.of(model), []
+    for path in (f for f in files if f.suffix.lower() == ".safetensors"):
+        with safe_open(path, framework="pt") as handle:
+            names = {key.partition(".")[0] for key in handle.keys()}  # noqa: SIM118 (a safetensors handle)
+        missing = modules_missing_from(names, targets)
+        if missing:
+            problems.append(
+                f"{path}: {len(missing)} of its {len(names)} modules are not in the base model "
+                f"(e.g. {', '.join(missing[:3])}): made for another base model than model.path={model_path}?"
+            )
     if problems:
         raise ConfigError("files: " + "; ".join(problems))
-    return found
 
 
 def apply_network(model: BaseModel, found: NetworkFile) -> tuple[BaseModel, Network]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -27,6 +26,7 @@ from sweeper.config import SweeperConfig, check_sweeper_keys
 from sweeper.plugin_compat import announce_differences, fix_searched_keys, params_from_search_space
 from sweeper.slots.compose import ConfigSource
 from sweeper.verdict import SweepFailed
+from train.atomic import check_writable_dir
 from train.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class LoRASweeper(Sweeper):
             if cfg.study_name is None:  # as Optuna: a new study with a generated name
                 cfg.study_name = f"no-name-{uuid.uuid4()}"
                 log.info("study_name is null: new study %r (set hydra.sweeper.study_name to resume it)", cfg.study_name)
-            sweep_dir = Path(self.config.hydra.sweep.dir)
+            sweep_dir = check_writable_dir(self.config.hydra.sweep.dir, "hydra.sweep.dir")
             if not any(arg.startswith("logger.group=") for arg in base):
                 base.append(f"logger.group={cfg.study_name}")  # one W&B group per study
             controller = SweepController(

@@ -1,7 +1,8 @@
 """Atomic file and folder writes: write to a temporary name, then rename.
 
 A crash mid-write leaves at worst a stray temporary file, never a half-written
-checkpoint, cache entry or model folder under the final name.
+checkpoint, cache entry or model folder under the final name. ``check_writable_dir``
+proves a folder can take files before any work is spent on what goes there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from train.errors import ConfigError
 
 
 def _umask() -> int:
@@ -67,3 +70,16 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def check_writable_dir(path: str | Path, key: str) -> Path:
+    """Create ``path`` if needed and prove a file can be written there; else one ConfigError naming ``key``."""
+    path = Path(path).expanduser()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        where = err.filename or path
+        raise ConfigError(f"{key}: cannot write to {path} ({where}: {err.strerror or err})") from None
+    return path

@@ -23,23 +23,18 @@ from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 
 from evaluate.evaluator import Evaluator, build_training_evaluator
-from evaluate.loggers import build_logger
-from evaluate.objective import check_objective
-from evaluate.prompts import load_prompts
 from evaluate.render import preserved_training_state
 from evaluate.reporter import NullReporter, Reporter, RunPruned
 from evaluate.validation import validation_loss
 from train import data, optimizers, schedulers
 from train.cache import LatentCache, TextEmbeddingCache
 from train.config import RunConfig
-from train.data.split import split_validation
-from train.errors import ConfigError
 from train.loss import per_sample_loss
 from train.metadata import describe_plan, run_stats, training_metadata
 from train.models.conditioning import TextConditioning, UNetConditioning, batch_time_ids, encode_captions
-from train.models.loading import BaseModel, ensure_model_available, load_base_model
-from train.networks import NetworkTargets, build_network
-from train.noise import build_noise_sampler
+from train.models.loading import BaseModel, load_base_model
+from train.networks import NetworkTargets
+from train.preflight import CheckedRun, check_run
 from train.run_log import RunLog
 
 log = logging.getLogger(__name__)
@@ -59,6 +54,7 @@ class LoRATrainingRecipe:
         reporter: Reporter | None = None,
         base_model: BaseModel | None = None,
         on_step: Callable[[int, LoRATrainingRecipe], None] | None = None,
+        checked: CheckedRun | None = None,
     ):
         self.cfg = cfg
         self.output_dir = Path(output_dir)
@@ -69,33 +65,15 @@ class LoRATrainingRecipe:
         # A sweep worker keeps one pristine base loaded between trials; each trial trains a deep copy.
         self.base_model = base_model
         self.on_step = on_step  # called after every optimizer step (sweep progress, fault injection)
+        self.checked = checked  # the entry point's pre-flight, run before this module was imported
 
     # ------------------------------------------------------------------ setup
     def preflight(self) -> None:
-        """Check every user input without loading a model: config first, then data, then the model path."""
-        cfg = self.cfg
-        optimizers.check_optimizer(cfg.optimizer)
-        schedulers.check_scheduler(cfg.scheduler, cfg.optimizer.learning_rate)
-        self.noise_sampler = build_noise_sampler(cfg.noise)
-        self.network = build_network(cfg.network)
-        if cfg.train.network_weights and not Path(cfg.train.network_weights).is_file():
-            raise ConfigError(f"train.network_weights: no such file: {cfg.train.network_weights}")
-        self.device = self._pick_device()
-        if cfg.train.mixed_precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError("train.mixed_precision: fp16 needs a CUDA device; use bf16 or no on CPU")
-        self.blueprints, all_records = data.load_dataset(cfg.dataset)
-        self.records, self.val_records = split_validation(
-            all_records, cfg.dataset.validation_split, cfg.dataset.validation_seed
-        )
-        problems = data.cache_problems(self.records, cfg.train.cache_latents)
-        if problems:
-            raise ConfigError("train.cache_latents: " + "; ".join(problems))
-        wanted, train_te = cfg.train.cache_text_encoder_outputs, cfg.network.train_text_encoder
-        self.use_text_cache = data.use_text_cache(self.records, wanted, train_te)
-        if cfg.evaluate.enabled:
-            self.prompts = load_prompts(cfg.evaluate)
-            check_objective(cfg.evaluate.objective, cfg.evaluate.available_metrics(bool(self.val_records)))
-        ensure_model_available(cfg.model)
+        """Check every user input without loading a model (train/preflight.py); keep what it built."""
+        checked = self.checked = self.checked or check_run(self.cfg)
+        self.blueprints, self.records, self.val_records = checked.blueprints, checked.records, checked.val_records
+        self.use_text_cache, self.prompts = checked.use_text_cache, checked.prompts
+        self.device, self.noise_sampler, self.network = checked.device, checked.noise_sampler, checked.network
 
     def setup(self) -> None:
         self.preflight()
@@ -114,18 +92,10 @@ class LoRATrainingRecipe:
             copy.deepcopy(self.base_model) if self.base_model is not None else load_base_model(cfg.model)
         )
         self.trainable = self._setup_network()
-        self.run_log = RunLog.open(self.output_dir, build_logger(cfg.logger), cfg)
+        self.run_log = RunLog.open(self.output_dir, self.checked.logger, cfg)
         self._setup_caches()
         self._setup_optimizer()
         self._setup_evaluation()
-
-    def _pick_device(self) -> torch.device:
-        wanted = self.cfg.train.device
-        if wanted == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if wanted.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"train.device: {wanted} asked for, but no CUDA device is visible")
-        return torch.device(wanted)
 
     def _setup_network(self) -> dict[str, list[torch.nn.Parameter]]:
         cfg, model = self.cfg, self.model

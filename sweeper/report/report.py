@@ -27,7 +27,8 @@ from sweeper.results.locate import StudyRef
 from sweeper.results.registry import Registry
 from sweeper.results.selection import trial_metrics
 from sweeper.space.search_space import display_params
-from train.atomic import write_bytes_atomic
+from train.atomic import check_writable_dir, write_bytes_atomic
+from train.errors import ConfigError
 
 TEMPLATE = "report.html.j2"
 MISSING = (230, 230, 230)  # a cell whose render is not on disk
@@ -201,6 +202,11 @@ def render_report(ref: StudyRef, out: Path | None = None, top: int = 4) -> Path:
     import jinja2
     from plotly.offline import get_plotlyjs
 
+    key = "--out" if out else "the sweep dir"
+    out = Path(out) if out else default_output(ref)
+    if out.is_dir():
+        raise ConfigError(f"{key}: {out} is a directory; give a file name such as {out / 'report.html'}")
+    check_writable_dir(out.parent, key)  # before minutes of figures, not after
     study = ref.study
     names = objective_names(ref)
     ranked = ranked_trials(study)
@@ -233,6 +239,5 @@ def render_report(ref: StudyRef, out: Path | None = None, top: int = 4) -> Path:
         fmt=_fmt,
         escape=html.escape,
     )
-    out = Path(out) if out else default_output(ref)
     write_bytes_atomic(out, page.encode("utf-8"))
     return out

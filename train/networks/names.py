@@ -9,7 +9,7 @@ reads all of these back (tests check every name round-trips through it).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from torch import nn
 
@@ -53,3 +53,15 @@ def canonical_module_name(name: str, targets: NetworkTargets) -> str:
     if "lora_te" in targets.text_encoders and name.startswith("lora_te1_"):
         return f"lora_te_{name[len('lora_te1_') :]}"
     return name
+
+
+def adaptable_layers(module: nn.Module) -> dict[str, nn.Module]:
+    """Every layer a kohya LoRA/LoCon file can name: linear and conv layers."""
+    return {name: layer for name, layer in module.named_modules() if isinstance(layer, nn.Linear | nn.Conv2d)}
+
+
+def modules_missing_from(file_modules: Iterable[str], targets: NetworkTargets) -> list[str]:
+    """The kohya module names of a file that name no layer of these models (a file made for another base)."""
+    have = set(named_layers(targets, adaptable_layers))
+    kohya = (name for name in file_modules if name.startswith(("lora_unet_", "lora_te")))
+    return sorted(name for name in kohya if canonical_module_name(name, targets) not in have)
