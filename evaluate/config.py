@@ -21,6 +21,12 @@ def _require(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def nearest_multiples_of_8(value: int) -> str:
+    """The valid sizes either side of ``value``, for a message (the VAE downsamples by 8)."""
+    below, above = max(8, value - value % 8), value - value % 8 + 8
+    return f"{below} or {above}" if below != above else str(above)
+
+
 @dataclass
 class ObjectiveConfig:
     # One metric with weight 1.0, or a weighted sum, e.g. {clip_t: 1.0, aesthetic: 0.1}.
@@ -93,7 +99,8 @@ class EvaluateConfig:
             _require(value is None or value >= 1, f"evaluate.{key}", f"must be >= 1 or null, got {value}")
         for key in ("width", "height"):
             value = getattr(self, key)
-            _require(value is None or value % 8 == 0, f"evaluate.{key}", f"must be a multiple of 8, got {value}")
+            if value is not None and value % 8:
+                _require(False, f"evaluate.{key}", f"{value} is not a multiple of 8 (the VAE works in 8-pixel blocks); use {nearest_multiples_of_8(value)}")
         _require(bool(self.seeds), "evaluate.seeds", "give at least one seed")
         _require(self.num_inference_steps >= 1, "evaluate.num_inference_steps", "must be >= 1")
         _require(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")

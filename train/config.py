@@ -8,13 +8,14 @@ noise) carry a ``_target_`` and are built with ``hydra.utils.instantiate``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from evaluate.config import EvaluateConfig, LoggerConfig
+from evaluate.config import EvaluateConfig, LoggerConfig, nearest_multiples_of_8
 from train.errors import ConfigError
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -118,6 +119,8 @@ class DatasetConfig:
     def __post_init__(self) -> None:
         _require(len(self.resolution) in (1, 2), "dataset.resolution", "give [size] or [width, height]")
         _require(all(r > 0 for r in self.resolution), "dataset.resolution", "must be positive")
+        for size in (r for r in self.resolution if r % 8):
+            _require(False, "dataset.resolution", f"{size} is not a multiple of 8 (the VAE works in 8-pixel blocks); use {nearest_multiples_of_8(size)}")
         _require(self.batch_size >= 1, "dataset.batch_size", "must be >= 1")
         _require(self.bucket_reso_steps >= 8, "dataset.bucket_reso_steps", "must be >= 8")
         _require(
@@ -215,7 +218,20 @@ class OptimizerConfig:
     def __post_init__(self) -> None:
         for key in ("learning_rate", "unet_lr", "text_encoder_lr"):
             value = getattr(self, key)
+            _require(value is None or math.isfinite(value), f"optimizer.{key}", f"must be a finite number, got {value}")
             _require(value is None or value >= 0, f"optimizer.{key}", f"must be >= 0, got {value}")
+        _require(
+            self.learning_rate > 0 or not self.uses_learning_rate,
+            "optimizer.learning_rate",
+            f"is 0: {self.name} would never change a weight; give a positive rate "
+            "(1.0 for the optimizers that adapt it, Prodigy and D-Adaptation)",
+        )
+
+    @property
+    def uses_learning_rate(self) -> bool:
+        """False only for Adafactor's relative_step, which computes its own step size."""
+        factory = self.factory if isinstance(self.factory, dict) else {}
+        return not factory.get("relative_step", False)
 
 
 @dataclass
@@ -300,6 +316,17 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        if not self.optimizer.uses_learning_rate:
+            return
+        for module, lr_key, flag in (("U-Net", "unet_lr", "train_unet"), ("text encoder", "text_encoder_lr", "train_text_encoder")):
+            _require(
+                not (getattr(self.network, flag) and getattr(self.optimizer, lr_key) == 0),
+                f"optimizer.{lr_key}",
+                f"is 0 while network.{flag} is true: the {module} LoRA would be built and stepped but never change; "
+                f"set network.{flag}=false (kohya's network_train_unet_only) or a positive rate",
+            )
 
 
 def register_configs() -> None:
