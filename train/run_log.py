@@ -1,10 +1,17 @@
-"""What a run tells the outside: a progress bar, the loggers (W&B, TensorBoard), a summary file."""
+"""What a run tells the outside: a progress bar, the loggers (W&B, TensorBoard), a summary file.
+
+The bar is drawn only on a terminal. Elsewhere (a sweep worker, whose output goes to its trial.log; CI; a
+pipe) progress is a log line now and then and one at the end: no carriage-return redraws in a file.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import json
+import logging
+import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +23,46 @@ from evaluate.secrets import flatten, scrub_secrets
 from train.atomic import write_bytes_atomic
 
 SUMMARY_FILE = "train_summary.json"
+PROGRESS_LINE_SECONDS = 10.0  # without a terminal: a progress line at most this often, and one at the end
+
+log = logging.getLogger(__name__)
+
+
+def _on_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced by an object without isatty, or closed
+        return False
+
+
+def _postfix_text(postfix: dict[str, float]) -> str:
+    return " ".join(f"{k}={v:.4g}" for k, v in postfix.items())
+
+
+class ProgressLines:
+    """Progress as log lines: "training: 40/80 (12.5 it/s) loss=0.1 lr=0.0001"."""
+
+    def __init__(self, description: str, total: int, every: float = PROGRESS_LINE_SECONDS):
+        self.description, self.total, self.every = description, total, every
+        self.n, self.postfix = 0, {}
+        self.started = self.last_line = time.monotonic()
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.started
+        rate = f" ({self.n / elapsed:.3g} it/s)" if self.n and elapsed > 0 else ""
+        postfix = f" {_postfix_text(self.postfix)}" if self.postfix else ""
+        return f"{self.description}: {self.n}/{self.total}{rate}{postfix}"
+
+    def advance(self, n: int = 1, **postfix: float) -> None:
+        self.n += n
+        self.postfix.update(postfix)
+        now = time.monotonic()
+        if now - self.last_line >= self.every and self.n < self.total:
+            log.info(self.line(now))
+            self.last_line = now
+
+    def close(self) -> None:
+        log.info(self.line(time.monotonic()))  # where it ended: all steps, or where a failure stopped it
 
 
 class RunLog:
@@ -38,7 +85,14 @@ class RunLog:
 
     @contextlib.contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[..., None]]:
-        """Yield ``advance(n, **postfix)``; the bar shows it/s and the postfix (loss, lr)."""
+        """Yield ``advance(n, **postfix)``; the bar (or line) shows it/s and the postfix (loss, lr)."""
+        if not _on_terminal(sys.stderr):
+            lines = ProgressLines(description, total)
+            try:
+                yield lines.advance
+            finally:
+                lines.close()
+            return
         bar = tqdm(total=total, desc=description, dynamic_ncols=True, leave=True)
 
         def advance(n: int = 1, **postfix: float) -> None:
