@@ -23,7 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from evaluate.secrets import scrub_text
 from sweeper.config import SweeperConfig
-from sweeper.report.live_table import LiveTable
+from sweeper.report.live_view import sweep_view
 from sweeper.results.results import write_results
 from sweeper.slots.compose import ConfigSource
 from sweeper.slots.pool import SlotPool, concurrent_slots, slot_devices
@@ -51,6 +51,8 @@ class Running:
     started: float
     values: dict[str, object]
     step: int = 0
+    total: int | None = None  # the trial's optimizer steps, once its worker knows them
+    rate: float | None = None  # steps per second, as the worker measures them
 
 
 @dataclass
@@ -116,11 +118,11 @@ class SweepController:
         heartbeat = Heartbeat(self.study, self.storage, cfg.heartbeat_interval)
         started = time.time()
         next_recovery = 0.0
-        table = LiveTable(self.study, self.running, pool)
+        self.view = sweep_view(self.study, self.running, len(pool.devices))
         pool.start()
         heartbeat.start()
         try:
-            with table:
+            with self.view:
                 while True:
                     if time.monotonic() >= next_recovery:  # a controller may die at any moment: keep checking
                         self._recover()
@@ -131,19 +133,17 @@ class SweepController:
                         break
                     for _slot, kind, payload in pool.poll(timeout=0.5):
                         if kind == "progress":
-                            number, step = payload
-                            if number in self.running:
-                                self.running[number].step = step
+                            self._progress(payload)
                         elif kind == "done":
                             self._finish(payload)
                     heartbeat.set_running([r.trial for r in self.running.values()])
-                    table.refresh()
+                    self.view.refresh()
         finally:
             heartbeat.stop()
             pool.shutdown()
         self.utilization = pool.utilization()
         write_results(self.study, self.sweep_dir / "optimization_results.yaml", self._config_values)
-        table.print_best()
+        self.view.print_best()
         self._judge()
         return self.study
 
@@ -257,6 +257,13 @@ class SweepController:
         trial.set_user_attr("overrides", [scrub_text(o) for o in job.overrides])
         pool.submit(slot, job)
         self.running[trial.number] = Running(trial, slot, time.time(), draw.values)
+        self.view.started(trial.number)
+
+    def _progress(self, payload: tuple) -> None:
+        number, step, total, rate = payload
+        if number in self.running:
+            running = self.running[number]
+            running.step, running.total, running.rate = step, total, rate
 
     def _fault_for(self, number: int) -> dict | None:
         for fault in self.cfg.fault_injection:
@@ -292,6 +299,6 @@ class SweepController:
             return
         self.failures.record(state, outcome.reason)
         self.outcomes.append(outcome)
-        log.info("trial %d %s%s", trial.number, state, f": {outcome.reason}" if outcome.reason else "")
+        self.view.finished(self.storage.get_trial(trial._trial_id), outcome.step)  # one line per outcome
         if retry and trial.number in requeue_failed(self.study, self.storage):
             log.info("trial %d re-queued (retry %d of %d)", trial.number, attempt + 1, self.cfg.max_retries)

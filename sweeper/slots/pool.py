@@ -177,9 +177,9 @@ class SlotPool:
             kind = message[0]
             if kind == "started":
                 slot.pid = message[2]
-            elif kind == "progress":
+            elif kind == "progress":  # ("progress", trial, step, total, steps/s)
                 slot.step = message[2]
-                events.append((index, "progress", (message[1], message[2])))
+                events.append((index, "progress", tuple(message[1:])))
             elif kind == "done":
                 events.append((index, "done", self._finish(index, message[1])))
         return events

@@ -12,6 +12,7 @@ CUDA_VISIBLE_DEVICES before anything touches CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -20,8 +21,9 @@ import logging
 import math
 import os
 import signal
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -200,7 +202,11 @@ def run_trial(job: TrialJob, base_models: dict, progress: Callable[[int, bool], 
     started = time.monotonic()
     faults = FaultInjector(job.fault)
 
+    set_total = getattr(progress, "set_total", None)  # optional: the live view's step/total and ETA
+
     def on_step(step: int, recipe) -> None:
+        if set_total is not None:
+            set_total(recipe.total_steps)
         if progress is not None:
             progress(step, faults.due(step))  # flushed before a fault, so the pool can name the step
         faults(step, recipe)
@@ -263,19 +269,59 @@ def _free_memory() -> None:
 
 
 class _ProgressSender:
-    """Sends ("progress", trial, step) at most every PROGRESS_INTERVAL; exits if the controller is gone."""
+    """Sends ("progress", trial, step, total, steps/s) at most every PROGRESS_INTERVAL, and the last step.
 
-    def __init__(self, conn, trial_number: int, parent_pid: int):
-        self.conn, self.trial_number, self.parent_pid = conn, trial_number, parent_pid
+    Exits if the controller is gone. The rate counts from the first step on, so loading and caching
+    before it do not slow the ETA's clock.
+    """
+
+    def __init__(self, conn, trial_number: int, parent_pid: int, total: int | None = None):
+        self.conn, self.trial_number, self.parent_pid, self.total = conn, trial_number, parent_pid, total
         self.last_sent = 0.0
+        self.first: tuple[int, float] | None = None  # (step, time) of the first step told
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+
+    def rate(self, step: int, now: float) -> float | None:
+        if self.first is None:
+            self.first = (step, now)
+        first_step, first_time = self.first
+        return (step - first_step) / (now - first_time) if step > first_step and now > first_time else None
 
     def __call__(self, step: int, force: bool = False) -> None:
         if os.getppid() != self.parent_pid:
             os._exit(1)  # an orphan must not keep training on a GPU the resumed sweep will use
         now = time.monotonic()
-        if force or now - self.last_sent >= PROGRESS_INTERVAL:
-            self.conn.send(("progress", self.trial_number, step))
+        rate = self.rate(step, now)
+        if force or now - self.last_sent >= PROGRESS_INTERVAL or step == self.total:
+            self.conn.send(("progress", self.trial_number, step, self.total, rate))
             self.last_sent = now
+
+
+@contextlib.contextmanager
+def output_to(log_file: Path) -> Iterator[None]:
+    """The process's stdout and stderr (progress, warnings, a library's prints) append to ``log_file``.
+
+    At the file descriptors, so output from C code and child processes goes there too: a worker never
+    writes over the controller's view of the sweep.
+    """
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (target, *saved):
+            os.close(fd)
 
 
 def _die_with_parent(parent: int | None) -> None:
@@ -314,11 +360,13 @@ def worker_main(
         if job is None:
             break
         conn.send(("started", job.trial_number, os.getpid()))
-        progress = _ProgressSender(conn, job.trial_number, parent_pid)
-        if job.synthetic is not None:
-            from sweeper.slots.synthetic import run_synthetic_trial
+        # Everything the trial prints goes to its trial.log; its outcome (reason included) goes to the controller.
+        with output_to(Path(job.run_dir) / "trial.log"):
+            if job.synthetic is not None:
+                from sweeper.slots.synthetic import run_synthetic_trial
 
-            outcome = run_synthetic_trial(job, progress)
-        else:
-            outcome = run_trial(job, base_models, progress)
+                steps = int(job.synthetic.get("steps", 4))
+                outcome = run_synthetic_trial(job, _ProgressSender(conn, job.trial_number, parent_pid, steps))
+            else:
+                outcome = run_trial(job, base_models, _ProgressSender(conn, job.trial_number, parent_pid))
         conn.send(("done", outcome))
