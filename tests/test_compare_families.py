@@ -199,3 +199,17 @@ def test_bad_files_are_one_config_error_naming_files(tmp_path, tiny_model_dir):
         FileComparison(score_cfg, tmp_path / "s").preflight()
     message = str(error.value)
     assert message.startswith("files: ") and all(str(path) in message for path in files)
+
+
+def test_a_file_made_for_another_base_model_names_the_modules_the_model_lacks(tiny_model_dir, tiny_sdxl_dir, tmp_path):
+    """An SDXL LoRA scored on an SD 1.x base: one ConfigError naming the file and its missing modules.
+
+    diffusers' loader would skip what it cannot place (peft's NoMatchingPeftModuleError when nothing fits),
+    and the base model's own images would be scored as the file's.
+    """
+    sdxl_lora = save_trained(family_config("lora", conv_dim=None), base_targets(tiny_sdxl_dir), tmp_path / "xl.safetensors")
+    with pytest.raises(ConfigError) as error:
+        score(tiny_model_dir, [sdxl_lora], tmp_path / "score")
+    message = str(error.value)
+    assert message.startswith(f"files: {sdxl_lora}: ") and "are not in the base model" in message
+    assert "lora_unet_input_blocks_" in message or "lora_te1_" in message or "lora_te2_" in message

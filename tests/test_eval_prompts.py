@@ -213,3 +213,16 @@ def test_missing_file_is_a_config_error(tmp_path):
 def test_unknown_default_sampler_is_caught_when_prompts_load():
     with pytest.raises(ConfigError, match=r"^evaluate\.sampler: unknown sampler 'fast'"):
         load_prompts(_cfg(prompts=["x"], sampler="fast"))
+
+
+def test_a_prompt_file_reports_every_bad_line_at_once(tmp_path):
+    path = tmp_path / "prompts.txt"
+    path.write_text(
+        "good one --d 1\n--n only a negative\nbad seed --d x\nfine --s 4\nbad sampler --ss turbo\nbad scale --l abc\n",
+        encoding="utf-8",
+    )
+    with pytest.raises(ConfigError) as error:
+        load_prompts(_cfg(prompt_file=str(path)))
+    lines = str(error.value).splitlines()
+    assert lines[0] == f"evaluate.prompt_file: 3 bad prompts in {path} (all listed):"
+    assert [line.split(": ")[0].strip() for line in lines[1:]] == [f"- {path}:{n}" for n in (3, 5, 6)]
