@@ -26,9 +26,9 @@ def assert_one_message(result, message: str) -> None:
 
 BAD_ARGUMENTS = {
     # Hydra's own config errors: exit 1 and several lines before.
-    "unknown-key": (["network.dimm=4"], "network.dimm: not a config key; did you mean 'dim'?"),
+    "unknown-key": (["network.dimm=4"], "network.dimm: not a config key (did you mean 'dim'?); valid keys: name, dim, alpha"),
     "bad-type": (["network.dim=abc"], "network.dim=abc: network.dim: Value 'abc' of type 'str' could not be converted"),
-    "unknown-option": (["network=lorra"], "network=lorra: no such option in conf/network/; did you mean 'lora'?"),
+    "unknown-option": (["network=lorra"], "network=lorra: no such option in conf/network/ (did you mean 'lora'?); options: dora, hypernetwork"),
     "unparsable": (["network.dim=[1"], "network.dim=[1: cannot parse this override"),
     # `+key=value` on a typed config was accepted and then dropped without a word.
     "added-key": (["+network.dimm=4"], "network.dimm (did you mean 'network.dim'?): not a config key"),
@@ -56,7 +56,7 @@ def test_a_bad_argument_is_one_message_and_exit_2_before_any_model(tmp_path, arg
 
 def test_hydras_config_errors_in_python_m_evaluate_are_one_message_too(tmp_path):
     result = run_cli("evaluate.seedz=[1]", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, cache=tmp_path / "c", module="evaluate")
-    assert_one_message(result, "evaluate.seedz: not a config key; did you mean 'seeds'?")
+    assert_one_message(result, "evaluate.seedz: not a config key (did you mean 'seeds'?)")
 
 
 def test_unwritable_run_dir_and_cache_dir_name_their_key(tmp_path):

@@ -42,8 +42,8 @@ def _first_line(text: str) -> str:
 def _key_error(key: str, cause: ConfigKeyError | ConfigAttributeError) -> str:
     valid = _valid_keys(cause)
     close = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    listing = f" valid keys: {', '.join(valid)}" if valid else ""
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    listing = f"; valid keys: {', '.join(valid)}" if valid else ""
     return f"{key}: not a config key{hint}{listing}"
 
 
@@ -55,8 +55,8 @@ def _missing_option(err: MissingConfigException) -> str:
     if not group or not options:
         return str(err).splitlines()[0]
     close = difflib.get_close_matches(option, options, n=1)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"{group}={option}: no such option in conf/{group}/{hint} options: {', '.join(options)}"
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{group}={option}: no such option in conf/{group}/{hint}; options: {', '.join(options)}"
 
 
 def describe_hydra_error(err: CompactHydraException) -> str:
