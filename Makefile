@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC) $(TORCH_INDEX)
 	$(PY) -m pip show torch | sed -n 's/^Version: \([^+]*\).*/torch==\1/p' > $(VENV)/constraints.txt
-	PIP_CONSTRAINT=$(VENV)/constraints.txt $(PY) -m pip install -q -e ".[dev]"
+	PIP_CONSTRAINT=$(VENV)/constraints.txt $(PY) -m pip install -q -e ".[dev,ray]"
 	touch $(STAMP)
 
 train: install  ## one training run on the embedded default (tiny model, synthetic data, CPU); ARGS="key=value ..."

@@ -77,6 +77,32 @@ class PromoteConfig:
 
 
 @dataclass
+class RayConfig:
+    """``hydra.sweeper.backend=ray``: one Ray actor per slot on the cluster at ``address``."""
+
+    # null: RAY_ADDRESS, else a Ray instance started on this machine for the sweep.
+    address: str | None = None
+    # What each slot's actor asks of a node; null GPUs: 1 / trials_per_gpu on a cluster with GPUs, else 0.
+    num_gpus_per_slot: float | None = None
+    num_cpus_per_slot: float = 1.0
+    resources: dict[str, float] = field(default_factory=dict)  # custom resources per slot, e.g. {slot: 1}
+    # null: as many slots as the cluster has GPUs x trials_per_gpu (or of `resources`), else cpu_slots.
+    max_slots: int | None = None
+    max_restarts: int = 3  # an actor lost with its node is recreated on another node this many times
+    runtime_env: dict[str, Any] | None = None
+    threads_per_slot: int | None = None  # torch threads in each actor (null: torch's default)
+    start_timeout: float = 300.0  # seconds for every slot's actor to find a node
+
+    def __post_init__(self) -> None:
+        _require(self.max_slots is None or self.max_slots >= 1, "ray.max_slots", "must be >= 1 or null")
+        _require(self.max_restarts >= 0, "ray.max_restarts", "must be >= 0")
+        _require(
+            self.num_gpus_per_slot is None or self.num_gpus_per_slot >= 0, "ray.num_gpus_per_slot", "must be >= 0"
+        )
+        _require(self.start_timeout > 0, "ray.start_timeout", "must be > 0")
+
+
+@dataclass
 class SweeperConfig:
     _target_: str = "hydra_plugins.lora_sweeper.LoRASweeper"
     # Sampler and pruner stay config here; create_study instantiates them with clear errors.
@@ -96,6 +122,9 @@ class SweeperConfig:
     gpus: list[int] | None = None
     trials_per_gpu: int = 1
     cpu_slots: int = 2
+    # Where the slots run: local (worker processes on this machine) or ray (actors on a Ray cluster).
+    backend: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
     # The plugin's setting: at most this many trials at once (null: one per slot). More than the slots: the slots.
     n_jobs: int | None = None
     max_retries: int = 0  # re-runs of a failed configuration
@@ -129,6 +158,7 @@ class SweeperConfig:
         _require(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
         _require(self.trials_per_gpu >= 1, "trials_per_gpu", "must be >= 1")
         _require(self.cpu_slots >= 1, "cpu_slots", "must be >= 1")
+        _require(self.backend in ("local", "ray"), "backend", f"must be local or ray, got {self.backend!r}")
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
         _require(0 <= self.max_failure_rate <= 1, "max_failure_rate", f"must be in [0, 1], got {self.max_failure_rate}")
         _require(self.report in ("objective", "val_loss"), "report", "must be objective or val_loss")

@@ -87,6 +87,8 @@ class SweepController:
         )
         checker = TrialCheck(cfg, self.base_overrides, self.sweep_dir / "preflight", self.source)
         base = checker([])  # the command line's own overrides first: their errors name their own keys
+        # What every node of a Ray cluster must see at the same path (checked when the actors start).
+        self.shared_paths = {"hydra.sweep.dir": self.sweep_dir, "paths.cache_dir": Path(base.paths.cache_dir).absolute()}
         if cfg.direction is None:
             cfg.direction = base.evaluate.objective.direction
             log.info("direction %s, from evaluate.objective.direction", cfg.direction)
@@ -112,7 +114,7 @@ class SweepController:
         log.info("study %r on %s", cfg.study_name, describe_storage(self.storage_url))
         for params in cfg.enqueue:
             self.study.enqueue_trial(self.space.enqueue_params(params), skip_if_exists=True)
-        pool = SlotPool(concurrent_slots(slot_devices(cfg.gpus, cfg.trials_per_gpu, cfg.cpu_slots), cfg.n_jobs))
+        pool = self._pool()
         # Judged once MIN_JUDGED trials, or one per slot if more, have finished (the plugin judges a batch).
         self.failures = FailureRate(cfg.max_failure_rate, min_judged=max(MIN_JUDGED, len(pool.devices)))
         heartbeat = Heartbeat(self.study, self.storage, cfg.heartbeat_interval)
@@ -148,6 +150,15 @@ class SweepController:
         return self.study
 
     # ------------------------------------------------------------ internals
+    def _pool(self):
+        """Worker processes on this machine, or one actor per slot on a Ray cluster."""
+        cfg = self.cfg
+        if cfg.backend == "ray":
+            from sweeper.slots.ray_pool import RayPool
+
+            return RayPool.connect(cfg, self.shared_paths)
+        return SlotPool(concurrent_slots(slot_devices(cfg.gpus, cfg.trials_per_gpu, cfg.cpu_slots), cfg.n_jobs))
+
     def _recover(self) -> None:
         recovered = recover_stale_trials(self.study, self.storage, self.cfg.grace_period)
         if recovered:
