@@ -7,13 +7,16 @@ machinery; one sweep trains the tiny model end to end.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
 from tests.ray_cluster import RAY_ENV, ray_cluster  # noqa: F401 (fixture)
-from tests.sweeps import load, run_sweep, sweep_args
+from tests.sweeps import counted, load, run_sweep, start_sweep, sweep_args, synthetic_sweep_args, wait_for
 
 pytestmark = pytest.mark.slow
 SYNTHETIC = "hydra.sweeper.synthetic_trial={seconds: 2, steps: 4}"
@@ -79,3 +82,45 @@ def test_more_slots_than_the_cluster_holds_is_one_message(on_cluster, tiny_model
     assert result.returncode == 2, result.stderr[-3000:]
     assert re.search(r"error: hydra\.sweeper\.ray: 3 of 5 slots found no node within 5 s", result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def _trial_actors() -> list[int]:
+    """Pids of live TrialActor processes on this machine (Ray titles each worker ``ray::TrialActor...``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"ray::TrialActor" in (proc / "cmdline").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_driver_takes_its_actors_and_the_same_command_resumes(on_cluster, tiny_model_dir, tmp_path):
+    """Synthetic trials; the driver is SIGKILLed while one trial finished and another runs."""
+    sweep_dir, cache = tmp_path / "sweep", tmp_path / "cache"
+    args = synthetic_sweep_args(
+        tiny_model_dir, sweep_dir, "hydra.sweeper.n_trials=5", "hydra.sweeper.backend=ray",
+        "++hydra.sweeper.ray.resources={slot: 1}", seconds=2.0, steps=4,
+    )  # fmt: skip
+    proc = start_sweep(args, tmp_path, cache)
+    killed = wait_for(
+        lambda: any(t.state == TrialState.COMPLETE for t in load(sweep_dir).get_trials())
+        and any(t.state == TrialState.RUNNING for t in load(sweep_dir).get_trials())
+    )
+    actors = _trial_actors()
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    assert killed, "no trial finished while another ran"
+    assert len(actors) >= 2, "the sweep's actors were not found as ray::TrialActor processes"
+    assert wait_for(lambda: not _trial_actors(), timeout=60), "the dead driver's actors kept running"
+    finished = {t.number: t for t in load(sweep_dir).get_trials() if t.state.is_finished()}
+
+    result = run_sweep(args, tmp_path, cache)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(sweep_dir)
+    trials = {t.number: t for t in study.get_trials()}
+    for number, before in finished.items():  # nothing finished was lost or changed
+        assert trials[number].state == before.state and trials[number].values == before.values
+    assert not [t.number for t in trials.values() if t.state == TrialState.RUNNING]
+    assert len(counted(study)) == 5
