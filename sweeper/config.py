@@ -85,7 +85,8 @@ class RayConfig:
     # What each slot's actor asks of a node; null GPUs: 1 / trials_per_gpu on a cluster with GPUs, else 0.
     num_gpus_per_slot: float | None = None
     num_cpus_per_slot: float = 1.0
-    resources: dict[str, float] = field(default_factory=dict)  # custom resources per slot, e.g. {slot: 1}
+    # Custom resources per slot, e.g. {slot: 1} (null, not {}: so the command line can set a mapping without ++).
+    resources: dict[str, float] | None = None
     # null: as many slots as the cluster has GPUs x trials_per_gpu (or of `resources`), else cpu_slots.
     max_slots: int | None = None
     max_restarts: int = 3  # an actor lost with its node is recreated on another node this many times

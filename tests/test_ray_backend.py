@@ -31,7 +31,7 @@ def on_cluster(ray_cluster, monkeypatch):  # noqa: F811
 
 def ray_args(tiny_model_dir, sweep_dir, *extra):
     return sweep_args(
-        tiny_model_dir, sweep_dir, "hydra.sweeper.backend=ray", "++hydra.sweeper.ray.resources={slot: 1}", *extra
+        tiny_model_dir, sweep_dir, "hydra.sweeper.backend=ray", "hydra.sweeper.ray.resources={slot: 1}", *extra
     )
 
 
@@ -101,7 +101,7 @@ def test_a_killed_driver_takes_its_actors_and_the_same_command_resumes(on_cluste
     sweep_dir, cache = tmp_path / "sweep", tmp_path / "cache"
     args = synthetic_sweep_args(
         tiny_model_dir, sweep_dir, "hydra.sweeper.n_trials=5", "hydra.sweeper.backend=ray",
-        "++hydra.sweeper.ray.resources={slot: 1}", seconds=2.0, steps=4,
+        "hydra.sweeper.ray.resources={slot: 1}", seconds=2.0, steps=4,
     )  # fmt: skip
     proc = start_sweep(args, tmp_path, cache)
     killed = wait_for(

@@ -201,8 +201,9 @@ class RayPool:
                 f"{', resources=' + str(dict(self.settings.resources)) if self.settings.resources else ''}); "
                 "lower hydra.sweeper.ray.max_slots or add nodes"
             )
-        for slot in self._slots:
+        for index, slot in enumerate(self._slots):
             slot.where, slot.ready = ray.get(slot.ready), None
+            log.info("slot %d: actor on node %s (pid %d)", index, slot.where["node"][:12], slot.where["pid"])
 
     def _check_shared_paths(self) -> None:
         import ray
