@@ -82,6 +82,17 @@ def synthetic_sweep_args(
     ]
 
 
+def assert_resumed_exactly(sweep_dir: Path, finished: dict, total: int) -> dict:
+    """After a kill and a resume: every trial finished before is unchanged, none is left RUNNING, the total exact."""
+    study = load(sweep_dir)
+    trials = {t.number: t for t in study.get_trials()}
+    for number, before in finished.items():  # nothing finished was lost or changed
+        assert trials[number].state == before.state and trials[number].values == before.values
+    assert not [t.number for t in trials.values() if t.state == TrialState.RUNNING]
+    assert len(counted(study)) == total
+    return trials
+
+
 def wait_for(predicate, timeout: float = 180.0, interval: float = 0.05) -> bool:
     """Poll ``predicate`` until it is true (returns True) or ``timeout`` passes (returns False)."""
     deadline = time.monotonic() + timeout

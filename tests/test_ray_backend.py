@@ -16,7 +16,15 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.ray_cluster import RAY_ENV, ray_cluster  # noqa: F401 (fixture)
-from tests.sweeps import counted, load, run_sweep, start_sweep, sweep_args, synthetic_sweep_args, wait_for
+from tests.sweeps import (
+    assert_resumed_exactly,
+    load,
+    run_sweep,
+    start_sweep,
+    sweep_args,
+    synthetic_sweep_args,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 SYNTHETIC = "hydra.sweeper.synthetic_trial={seconds: 2, steps: 4}"
@@ -118,9 +126,4 @@ def test_a_killed_driver_takes_its_actors_and_the_same_command_resumes(on_cluste
 
     result = run_sweep(args, tmp_path, cache)
     assert result.returncode == 0, result.stderr[-3000:]
-    study = load(sweep_dir)
-    trials = {t.number: t for t in study.get_trials()}
-    for number, before in finished.items():  # nothing finished was lost or changed
-        assert trials[number].state == before.state and trials[number].values == before.values
-    assert not [t.number for t in trials.values() if t.state == TrialState.RUNNING]
-    assert len(counted(study)) == 5
+    assert_resumed_exactly(sweep_dir, finished, total=5)

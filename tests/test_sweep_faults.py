@@ -17,6 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.sweeps import (
+    assert_resumed_exactly,
     counted,
     load,
     repeated_configurations,
@@ -62,12 +63,7 @@ def test_resume_right_after_a_kill_runs_the_exact_total(tiny_model_dir, tmp_path
     # 3. Resumed at once again: it must finish the study exactly.
     result = run_sweep(args, tmp_path, cache)
     assert result.returncode == 0, result.stderr[-3000:]
-    study = load(sweep_dir)
-    trials = {t.number: t for t in study.get_trials()}
-    for number, before in finished.items():  # nothing finished was lost or changed
-        assert trials[number].state == before.state and trials[number].values == before.values
-    assert not [t.number for t in trials.values() if t.state == TrialState.RUNNING]
-    assert len(counted(study)) == 8
+    trials = assert_resumed_exactly(sweep_dir, finished, total=8)
     stale = [t for t in trials.values() if _stale(t)]
     retried = {t.user_attrs.get("retry_of") for t in trials.values()}
     assert stale and all(t.number in retried for t in stale)  # every recovered trial ran again

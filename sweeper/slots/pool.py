@@ -56,6 +56,16 @@ def concurrent_slots(devices: list[str | None], n_jobs: int | None) -> list[str 
     return devices[:n_jobs]
 
 
+def slot_utilization(busy_seconds: dict[int, float], running_since: list[float], started_at: float | None) -> float:
+    """Share of slot time spent running trials since ``started_at`` (running trials count so far)."""
+    if started_at is None:
+        return 0.0
+    now = time.monotonic()
+    elapsed = (now - started_at) * len(busy_seconds)
+    running = sum(now - since for since in running_since)
+    return (sum(busy_seconds.values()) + running) / elapsed if elapsed > 0 else 0.0
+
+
 def _death_reason(exitcode: int | None, step: int) -> str:
     if exitcode is not None and exitcode < 0:
         try:
@@ -156,13 +166,7 @@ class SlotPool:
         return events
 
     def utilization(self) -> float:
-        """Share of slot time spent running trials since start (running trials count so far)."""
-        if self.started_at is None:
-            return 0.0
-        now = time.monotonic()
-        running = sum(now - s.job_started for s in self._slots if s.job is not None)
-        elapsed = (now - self.started_at) * len(self.devices)
-        return (sum(self.busy_seconds.values()) + running) / elapsed if elapsed > 0 else 0.0
+        return slot_utilization(self.busy_seconds, [s.job_started for s in self._slots if s.job is not None], self.started_at)
 
     # ------------------------------------------------------------ internals
     def _drain(self, index: int) -> list[tuple[int, str, object]]:

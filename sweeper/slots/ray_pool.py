@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeper.slots.pool import slot_utilization
 from sweeper.slots.worker import TrialJob, TrialOutcome
 from train.errors import ConfigError
 
@@ -270,12 +271,7 @@ class RayPool:
         return events
 
     def utilization(self) -> float:
-        if self.started_at is None:
-            return 0.0
-        now = time.monotonic()
-        running = sum(now - s.job_started for s in self._slots if s.job is not None)
-        elapsed = (now - self.started_at) * len(self.devices)
-        return (sum(self.busy_seconds.values()) + running) / elapsed if elapsed > 0 else 0.0
+        return slot_utilization(self.busy_seconds, [s.job_started for s in self._slots if s.job is not None], self.started_at)
 
     # ------------------------------------------------------------ internals
     def _progress(self) -> list[tuple[int, str, object]]:
