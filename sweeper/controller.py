@@ -88,7 +88,11 @@ class SweepController:
         checker = TrialCheck(cfg, self.base_overrides, self.sweep_dir / "preflight", self.source)
         base = checker([])  # the command line's own overrides first: their errors name their own keys
         # What every node of a Ray cluster must see at the same path (checked when the actors start).
-        self.shared_paths = {"hydra.sweep.dir": self.sweep_dir, "paths.cache_dir": Path(base.paths.cache_dir).absolute()}
+        self.shared_paths = {
+            "hydra.sweep.dir": self.sweep_dir,
+            "paths.cache_dir": Path(base.paths.cache_dir).absolute(),
+            "model.path": Path(base.model.path).expanduser().absolute(),
+        }
         if cfg.direction is None:
             cfg.direction = base.evaluate.objective.direction
             log.info("direction %s, from evaluate.objective.direction", cfg.direction)

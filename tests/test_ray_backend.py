@@ -127,3 +127,52 @@ def test_a_killed_driver_takes_its_actors_and_the_same_command_resumes(on_cluste
     result = run_sweep(args, tmp_path, cache)
     assert result.returncode == 0, result.stderr[-3000:]
     assert_resumed_exactly(sweep_dir, finished, total=5)
+
+
+class _StandInCall:
+    """Stands for an actor method: ``.remote(...)`` returns the value itself (ray.get is the identity here)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def remote(self, *args):
+        return self.fn(*args)
+
+
+def test_a_node_that_cannot_see_the_sweep_dir_is_named(tmp_path, monkeypatch):
+    """The marker check with stand-in actors: one reads the controller's marker, one (another node) cannot.
+
+    On one machine every real actor sees the same files, so the blind node is a stand-in."""
+    import ray
+
+    from sweeper.slots import ray_pool
+    from train.errors import ConfigError
+
+    def actor(blind: bool):
+        class StandInActor:
+            sees = _StandInCall(lambda path, token: not blind and Path(path).read_text() == token)
+            exists = _StandInCall(lambda path: not blind and Path(path).exists())
+
+        return StandInActor()
+
+    monkeypatch.setattr(ray, "get", lambda refs: refs)
+    sweep_dir = tmp_path / "sweep"
+    pool = ray_pool.RayPool(settings=None, slots=2, shared_paths={"hydra.sweep.dir": sweep_dir})
+    pool._slots = [
+        ray_pool._RaySlot(actor(blind=False), where={"node": "a" * 40}),
+        ray_pool._RaySlot(actor(blind=True), where={"node": "b" * 40}),
+    ]
+    message = rf"^hydra\.sweep\.dir: {re.escape(str(sweep_dir))} is not visible from Ray node\(s\) {'b' * 12}; put it"
+    with pytest.raises(ConfigError, match=message):
+        pool._check_shared_paths()
+    assert not list(sweep_dir.glob(".shared-check-*"))  # the marker is removed either way
+    pool._slots[1] = ray_pool._RaySlot(actor(blind=False), where={"node": "b" * 40})
+    pool._check_shared_paths()  # every node sees it: no error
+    # A model is only looked for, never written into.
+    model = tmp_path / "model"
+    model.mkdir()
+    pool.shared_paths = {"model.path": model}
+    pool._slots[0] = ray_pool._RaySlot(actor(blind=True), where={"node": "c" * 40})
+    with pytest.raises(ConfigError, match=rf"^model\.path: {re.escape(str(model))} is not visible from Ray node\(s\) {'c' * 12}"):
+        pool._check_shared_paths()
+    assert list(model.iterdir()) == []

@@ -29,7 +29,8 @@ from sweeper.slots.worker import TrialJob, TrialOutcome
 from train.errors import ConfigError
 
 log = logging.getLogger(__name__)
-PROGRESS_INTERVAL = 1.0  # seconds between progress polls of a busy actor
+PROGRESS_INTERVAL = 1.0  # seconds between progress reports of a busy actor
+READ_ONLY_KEYS = ("model.path",)
 
 
 class TrialActor:
@@ -46,6 +47,9 @@ class TrialActor:
         import ray
 
         return {"node": ray.get_runtime_context().get_node_id(), "pid": os.getpid()}
+
+    def exists(self, path: str) -> bool:
+        return Path(path).exists()
 
     def sees(self, path: str, token: str) -> bool:
         """True when ``path`` holds ``token``: this node shares the controller's filesystem."""
@@ -207,23 +211,30 @@ class RayPool:
             log.info("slot %d: actor on node %s (pid %d)", index, slot.where["node"][:12], slot.where["pid"])
 
     def _check_shared_paths(self) -> None:
+        """Folders the sweep writes: each actor reads a marker written here. Files it reads: each must exist there."""
         import ray
 
         token = uuid.uuid4().hex
-        for key, folder in self.shared_paths.items():
-            marker = Path(folder) / f".shared-check-{token}"
+        for key, path in self.shared_paths.items():
+            if key in READ_ONLY_KEYS:  # a user's model: never written into, only looked for
+                self._refuse_blind(key, path, ray.get([s.actor.exists.remote(str(path)) for s in self._slots]))
+                continue
+            marker = Path(path) / f".shared-check-{token}"
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(token)
             try:
                 seen = ray.get([s.actor.sees.remote(str(marker), token) for s in self._slots])
             finally:
                 marker.unlink(missing_ok=True)
-            blind = sorted({s.where["node"][:12] for s, ok in zip(self._slots, seen, strict=True) if not ok})
-            if blind:
-                raise ConfigError(
-                    f"{key}: {folder} is not visible from Ray node(s) {', '.join(blind)}; "
-                    "put it on a filesystem every node mounts at the same path"
-                )
+            self._refuse_blind(key, path, seen)
+
+    def _refuse_blind(self, key: str, path: Path, seen: list[bool]) -> None:
+        blind = sorted({s.where["node"][:12] for s, ok in zip(self._slots, seen, strict=True) if not ok})
+        if blind:
+            raise ConfigError(
+                f"{key}: {path} is not visible from Ray node(s) {', '.join(blind)}; "
+                "put it on a filesystem every node mounts at the same path"
+            )
 
     def shutdown(self, timeout: float = 10.0) -> None:
         import ray
