@@ -226,7 +226,6 @@ def load_single_file_components(
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     state = read_checkpoint(path, allow_unsafe_pickle)
     common = {"config": str(config_dir), "local_files_only": True, "torch_dtype": torch.float32}
     loaders = {
@@ -309,7 +308,6 @@ def _resolve_prediction_type(cfg: ModelConfig, scheduler_config: dict, config_so
 def _load_folder_components(folder: Path, architecture: str = "sd") -> dict[str, torch.nn.Module]:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
     # fp32 whatever the files hold: the trainer casts for mixed precision itself.
     common = {"local_files_only": True, "torch_dtype": torch.float32}
     text = {"local_files_only": True, "dtype": torch.float32}
@@ -333,7 +331,6 @@ def _load_folder_components(folder: Path, architecture: str = "sd") -> dict[str,
 
 def _load_tokenizer(config_source: Path, key: str, subfolder: str = "tokenizer") -> CLIPTokenizer:
     from transformers import CLIPTokenizer
-
     try:
         return CLIPTokenizer.from_pretrained(config_source, subfolder=subfolder, local_files_only=True)
     except (OSError, ValueError, KeyError) as exc:
@@ -348,7 +345,6 @@ def _weight_components(architecture: str) -> tuple[str, ...]:
 def load_base_model(cfg: ModelConfig) -> BaseModel:
     """Load U-Net, VAE, text encoder(s), tokenizer(s) and training scheduler, frozen, in eval mode, fp32 on CPU."""
     from diffusers import DDPMScheduler
-
     ensure_model_available(cfg)
     path = Path(cfg.path).expanduser().resolve()
     if path.is_dir():
