@@ -1,4 +1,4 @@
-"""``python -m sweeper {status,report,promote,dashboard} [options] [overrides...]``
+"""``python -m sweeper {status,report,promote,dashboard,storage-proxy} [options] [overrides...]``
 
 The overrides are the sweep's own (``sweep=demo``, ``hydra.sweeper.storage=...``,
 ``hydra.sweep.dir=...``): they name the study exactly as the sweep did.
@@ -18,6 +18,7 @@ COMMANDS = {
     "report": "write a static HTML report (leaderboard, grids, Optuna's plots), readable offline",
     "promote": "copy the best trial's best checkpoint into the registry, with a manifest, and tag it in W&B",
     "dashboard": "serve optuna-dashboard on the study storage, on localhost",
+    "storage-proxy": "serve the study's database to workers through Optuna's gRPC storage proxy",
 }
 
 
@@ -36,6 +37,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if name == "dashboard":
             sub.add_argument("--port", type=int, default=8080)
             sub.add_argument("--host", default="127.0.0.1")
+        if name == "storage-proxy":
+            sub.add_argument("--port", type=int, default=13000, help="Optuna's default, 13000")
+            sub.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other hosts (default: this one)")
     return parser.parse_args(argv)
 
 
@@ -64,6 +68,20 @@ def _dashboard(ref, args) -> None:
     run_server(ref.storage, host=args.host, port=args.port)
 
 
+def _storage_proxy(args) -> None:
+    from sweeper.results.locate import compose_sweep, sweeper_settings
+    from sweeper.store.proxy import serve_storage_proxy
+    from train.errors import ConfigError
+
+    url = sweeper_settings(compose_sweep(args.overrides)).storage
+    if url is None:
+        raise ConfigError(
+            "hydra.sweeper.storage: name the database the proxy serves, as the controllers do "
+            "(e.g. hydra.sweeper.storage=postgresql://user:pass@db:5432/optuna)"
+        )
+    serve_storage_proxy(str(url), args.host, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -71,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     from sweeper.results.locate import locate_study
 
     try:
+        if args.command == "storage-proxy":
+            _storage_proxy(args)
+            return 0
         ref = locate_study(args.overrides, args.sweep_dir)
         if ref.sweep_dir is not None:
             print(f"sweep dir: {ref.sweep_dir}", file=sys.stderr)

@@ -112,6 +112,9 @@ class SweeperConfig:
     study_name: str | None = "lora-sweep"
     # null: sqlite in the sweep dir. Also journal:///path.log, redis://host:6379/0, postgresql://..., mysql://...
     storage: str | None = None
+    # null: workers open `storage` too. At hundreds of workers: grpc://host:port (Optuna's storage proxy,
+    # `python -m sweeper storage-proxy`) or a PgBouncer URL, so they share a few database connections.
+    worker_storage: str | None = None
     # null: evaluate.objective.direction (the trial value is that objective). A list for multi-objective.
     direction: Any = None
     # Multi-objective: the evaluation metric behind each direction, e.g. [clip_t, aesthetic].
@@ -157,6 +160,12 @@ class SweeperConfig:
 
     def __post_init__(self) -> None:
         _require(self.n_trials >= 1, "n_trials", f"must be >= 1, got {self.n_trials}")
+        _require(
+            not str(self.storage or "").lower().startswith("grpc://"),
+            "storage",
+            "a grpc:// proxy is for the workers (hydra.sweeper.worker_storage=grpc://...); the controller's study "
+            "lock and heartbeats need the database URL itself",
+        )
         _require(self.trials_per_gpu >= 1, "trials_per_gpu", "must be >= 1")
         _require(self.cpu_slots >= 1, "cpu_slots", "must be >= 1")
         _require(self.backend in ("local", "ray"), "backend", f"must be local or ray, got {self.backend!r}")

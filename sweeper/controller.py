@@ -35,6 +35,7 @@ from sweeper.space.search_space import check_enqueue, is_virtual, parse_search_s
 from sweeper.space.trial_check import TrialCheck
 from sweeper.store.budget import TrialBudget
 from sweeper.store.duplicates import find_twin, settle_duplicate
+from sweeper.store.proxy import check_worker_storage
 from sweeper.store.storage import describe_storage, make_storage
 from sweeper.store.study import Heartbeat, create_study, grid_points, recover_stale_trials, requeue_failed
 from sweeper.verdict import MIN_JUDGED, FailureRate, SweepFailed, verdict
@@ -100,6 +101,10 @@ class SweepController:
         log.info("checked %d trial configs of the search space", check_search_space(self.space, checker))
         cfg.sampler = with_grid(cfg.sampler, self.space)
         self.study = create_study(cfg, self.storage)
+        self.worker_storage_url = self.storage_url
+        if cfg.worker_storage is not None:
+            check_worker_storage(self.study, cfg.worker_storage)
+            self.worker_storage_url = cfg.worker_storage
         self.n_trials = cfg.n_trials
         self.grid = grid_points(cfg.sampler)
         if self.grid is not None and self.grid < cfg.n_trials:
@@ -204,7 +209,7 @@ class SweepController:
             trial_number=number,
             trial_id=trial_id,
             study_name=self.cfg.study_name,
-            storage_url=self.storage_url,
+            storage_url=self.worker_storage_url,
             overrides=self.base_overrides + overrides,
             run_dir=str(run_dir),
             source=self.source,

@@ -27,6 +27,13 @@ REDIS_URL = os.environ.get("SWEEPER_TEST_REDIS", "redis://127.0.0.1:6379/15")
 MYSQL_URL = os.environ.get("SWEEPER_TEST_MYSQL", "mysql+pymysql://root@127.0.0.1:3306/test")
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, for a server a test starts."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _unavailable(reason: str) -> NoReturn:
     # In CI a missing service is a broken pipeline, not a reason to pass quietly.
     if os.environ.get("CI", "").lower() == "true":

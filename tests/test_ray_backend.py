@@ -16,6 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tests.ray_cluster import RAY_ENV, ray_cluster  # noqa: F401 (fixture)
+from tests.services import free_port
 from tests.sweeps import (
     assert_resumed_exactly,
     load,
@@ -80,6 +81,34 @@ def test_a_ray_sweep_trains_the_tiny_model(on_cluster, tiny_model_dir, tmp_path)
         assert (sweep_dir / str(t.number) / "checkpoints" / "lora.safetensors").is_file()
         assert "training" in (sweep_dir / str(t.number) / "trial.log").read_text()
     assert (sweep_dir / "optimization_results.yaml").is_file()
+
+
+def test_ray_actors_reach_the_study_through_the_grpc_storage_proxy(on_cluster, tiny_model_dir, tmp_path):
+    """Synthetic trials; the controller on the SQLite file, the actors through a proxy serving that file."""
+    from sweeper.store.proxy import start_storage_proxy
+
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    url, port = f"sqlite:///{sweep_dir / 'optuna.db'}", free_port()
+    server = start_storage_proxy(url, "127.0.0.1", port)
+    try:
+        args = ray_args(
+            tiny_model_dir,
+            sweep_dir,
+            SYNTHETIC,
+            "hydra.sweeper.n_trials=2",
+            f"hydra.sweeper.storage={url}",
+            f"hydra.sweeper.worker_storage=grpc://127.0.0.1:{port}",
+        )
+        result = run_sweep(args, tmp_path, tmp_path / "cache")
+    finally:
+        server.stop(grace=None)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trials = load(sweep_dir).get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    for t in trials:
+        assert t.intermediate_values  # reported by the actor, through the proxy
+        assert f"through grpc://127.0.0.1:{port}" in (sweep_dir / str(t.number) / "trial.log").read_text()
 
 
 def test_more_slots_than_the_cluster_holds_is_one_message(on_cluster, tiny_model_dir, tmp_path):

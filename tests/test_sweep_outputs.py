@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweeper.__main__ import main
-from tests.services import chromium_executable
+from tests.services import chromium_executable, free_port
 from tests.sweeps import ROOT, load
 
 pytestmark = pytest.mark.slow
@@ -149,14 +148,8 @@ def test_tensorboard_on_the_sweep_dir_has_every_trials_hparams(sweep):
             assert acc.Scalars("best/objective")[-1].value == pytest.approx(trial.value)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_dashboard_serves_the_study_on_localhost(sweep):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "sweeper", "dashboard", "sweep=demo", "--sweep-dir", str(sweep), "--port", str(port)],
         cwd=ROOT,

@@ -55,7 +55,7 @@ def compose_sweep(overrides: list[str]) -> DictConfig:
         raise ConfigError(describe_hydra_error(err)) from None
 
 
-def _sweeper_config(cfg: DictConfig) -> SweeperConfig:
+def sweeper_settings(cfg: DictConfig) -> SweeperConfig:
     from sweeper.hydra_sweeper import sweeper_config
 
     return sweeper_config(OmegaConf.to_container(cfg.hydra.sweeper, resolve=False))
@@ -116,7 +116,7 @@ def locate_study(overrides: list[str], sweep_dir: str | Path | None = None) -> S
     if sweep_dir is None and (given := _given_sweep_dir(overrides)) is not None:
         sweep_dir = given
     cfg = compose_sweep(overrides)
-    sweeper_cfg = _sweeper_config(cfg)
+    sweeper_cfg = sweeper_settings(cfg)
     name = sweeper_cfg.study_name
     if sweeper_cfg.storage is not None:
         url, folder = str(sweeper_cfg.storage), Path(sweep_dir) if sweep_dir else None

@@ -105,6 +105,11 @@ def open_study(job: TrialJob) -> optuna.Study:
     # Prune decisions are made here, by this pruner, on the values in the storage. None: Optuna's default.
     pruner = instantiate(job.pruner) if job.pruner else None
     storage = _cached_storage(job.storage_url, job.heartbeat_interval, job.grace_period)
+    from sweeper.store.storage import describe_storage
+
+    logging.getLogger(__name__).info(
+        "trial %d reports to study %r through %s", job.trial_number, job.study_name, describe_storage(job.storage_url)
+    )
     return optuna.load_study(study_name=job.study_name, storage=storage, pruner=pruner)
 
 

@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import optuna
 import sqlalchemy
@@ -26,10 +27,12 @@ from optuna.storages.journal import JournalFileBackend, JournalRedisBackend
 from train.errors import ConfigError
 
 KEY = "hydra.sweeper.storage"
+WORKER_KEY = "hydra.sweeper.worker_storage"
 FORMS = (
     "null (SQLite in the sweep dir), sqlite:///path.db, journal:///abs/path.log (or a path ending .log), "
     "redis://host:6379/0, postgresql[+psycopg2]://user:pass@host/db, mysql[+pymysql]://user:pass@host/db"
 )
+GRPC_PORT = 13000  # Optuna's default for its gRPC storage proxy
 # Server URLs get Optuna's heartbeats: several hosts share them, so a dead host must be noticed.
 SERVER_SCHEMES = ("postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 # A bare scheme means "whichever driver is installed": SQLAlchemy's default changed (psycopg2 -> psycopg in 2.1).
@@ -43,6 +46,7 @@ DRIVERS = {
     "mysql": "pip install mysqlclient, or use mysql+pymysql:// with pip install pymysql",
     "mysql+pymysql": "pip install pymysql",
     "redis": "pip install redis",
+    "grpc": "pip install grpcio protobuf",
 }
 CONNECT_TIMEOUT_S = 10
 
@@ -106,6 +110,30 @@ def _redis(url: str) -> BaseStorage:
             return JournalStorage(JournalRedisBackend(url))
     except (redis.RedisError, ValueError) as exc:
         raise _fail(url, f"cannot reach Redis: {_error_text(url, exc)}", "Check host, port and database.") from None
+
+
+def _grpc_proxy(url: str) -> BaseStorage:
+    parts = urlsplit(url)
+    if not parts.hostname or parts.path.strip("/") or parts.query:
+        raise _fail(url, "a gRPC proxy URL is grpc://host:port", "E.g. grpc://db-proxy.internal:13000.")
+    if importlib.util.find_spec("grpc") is None:
+        raise _fail(url, "grpcio is not installed", DRIVERS["grpc"] + ".")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        from optuna.storages import GrpcStorageProxy
+
+        storage = GrpcStorageProxy(host=parts.hostname, port=parts.port or GRPC_PORT)
+    try:
+        storage.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
+    except ConnectionError:
+        storage.close()
+        raise _fail(
+            url,
+            f"cannot reach the gRPC storage proxy in {CONNECT_TIMEOUT_S} s",
+            "Start one beside the database with: python -m sweeper storage-proxy hydra.sweeper.storage=<database URL> "
+            "--host 0.0.0.0 --port PORT",
+        ) from None
+    return storage
 
 
 def _with_installed_driver(url: str) -> str:
@@ -179,6 +207,7 @@ def make_storage(
     *,
     heartbeat_interval: int = 10,
     grace_period: int = 30,
+    key: str = KEY,
 ) -> BaseStorage:
     """Build and connect the storage named by ``url``; any user mistake is one ConfigError.
 
@@ -187,7 +216,17 @@ def make_storage(
     URL that works for one works for all (a bare ``postgresql://`` takes the
     installed driver everywhere). Optuna's RetryFailedTrialCallback is not
     wired in: it would re-queue a second time next to ``recover_stale_trials``.
+    ``key`` is the setting the URL came from, which messages name.
     """
+    try:
+        return _open_storage(url, sweep_dir, heartbeat_interval, grace_period)
+    except ConfigError as err:
+        if key == KEY or not str(err).startswith(KEY + ":"):
+            raise
+        raise ConfigError(key + str(err)[len(KEY) :]) from None
+
+
+def _open_storage(url: str | None, sweep_dir: Path, heartbeat_interval: int, grace_period: int) -> BaseStorage:
     _check_timing(heartbeat_interval, grace_period)
     if url is None:
         sweep_dir = Path(sweep_dir)
@@ -207,7 +246,9 @@ def make_storage(
         return _redis(url)
     if scheme in SERVER_SCHEMES:
         return _rdb(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period)
-    raise _fail(url, "unknown storage URL", f"Use one of: {FORMS}.")
+    if scheme == "grpc":
+        return _grpc_proxy(url)
+    raise _fail(url, "unknown storage URL", f"Use one of: {FORMS}; for workers also grpc://host:port.")
 
 
 # ------------------------------------------------------------------ study locks
