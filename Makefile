@@ -63,10 +63,11 @@ test: install browser  ## the whole test suite
 lint: install  ## ruff over the code
 	$(PY) -m ruff check train evaluate sweeper hydra_plugins tests bench
 
-bench: install  ## tables: training (uncached vs cached), renders (batched vs one per call), sweep overhead (workers, pruning), time to an error message
+bench: install  ## tables: training (uncached vs cached), renders (batched vs one per call), sweep overhead (workers, pruning), local vs Ray, time to an error message
 	$(PY) bench/train_throughput.py
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/sweep_overhead.py
+	$(PY) bench/sweep_backends.py
 	$(PY) bench/error_latency.py
 
 clean:  ## remove outputs and caches (keeps .venv)
