@@ -17,6 +17,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,17 @@ from tests.services import _unavailable
 
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_DEDUP_LOGS": "0"}
 START_TIMEOUT = 180
+
+
+def token_auth(temp_dir: Path) -> dict[str, str]:
+    """Ray's token authentication with a token of the test's own: the cluster and every driver use it.
+
+    Set explicitly, so a ~/.ray/auth_token on the machine (which a local ``ray.init()`` writes, and which
+    turns token auth on for a later ``ray start``) changes nothing here.
+    """
+    token = temp_dir / "auth_token"
+    token.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
 
 
 def ray_cli() -> str:
@@ -37,7 +49,9 @@ def _start(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 class LocalRayCluster:
     def __init__(self, temp_dir: Path):
-        self.temp_dir, self.address, self.env = temp_dir, None, {**os.environ, **RAY_ENV}
+        self.temp_dir, self.address = temp_dir, None
+        self.ray_env = {**RAY_ENV, **token_auth(temp_dir)}  # what a driver of this cluster needs
+        self.env = {**os.environ, **self.ray_env}
 
     def start_head(self, slots: int) -> None:
         args = [
@@ -47,7 +61,7 @@ class LocalRayCluster:
         ]  # fmt: skip
         self._start_with_retry(args, "head")
         self.address = (self.temp_dir / "ray_current_cluster").read_text().strip()  # ray start writes it there
-        self.env["RAY_ADDRESS"] = self.address
+        self.ray_env["RAY_ADDRESS"] = self.env["RAY_ADDRESS"] = self.address
 
     def add_node(self, slots: int) -> None:
         """A second raylet on this machine with its own fake slots (the same temp dir, another node)."""

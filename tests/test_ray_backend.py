@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from tests.ray_cluster import RAY_ENV, ray_cluster  # noqa: F401 (fixture)
+from tests.ray_cluster import ray_cluster  # noqa: F401 (fixture)
 from tests.services import free_port
 from tests.sweeps import (
     assert_resumed_exactly,
@@ -33,7 +33,7 @@ SYNTHETIC = "hydra.sweeper.synthetic_trial={seconds: 2, steps: 4}"
 
 @pytest.fixture
 def on_cluster(ray_cluster, monkeypatch):  # noqa: F811
-    for name, value in {**RAY_ENV, "RAY_ADDRESS": ray_cluster.address}.items():
+    for name, value in ray_cluster.ray_env.items():
         monkeypatch.setenv(name, value)
     return ray_cluster
 
@@ -109,6 +109,17 @@ def test_ray_actors_reach_the_study_through_the_grpc_storage_proxy(on_cluster, t
     for t in trials:
         assert t.intermediate_values  # reported by the actor, through the proxy
         assert f"through grpc://127.0.0.1:{port}" in (sweep_dir / str(t.number) / "trial.log").read_text()
+
+
+def test_a_driver_without_the_clusters_token_is_told_what_to_set(on_cluster, tiny_model_dir, tmp_path, monkeypatch):
+    """Synthetic trials; the cluster uses token auth, this driver has no RAY_AUTH_MODE (Ray never sends a
+    token to an explicit address unasked): one message naming the settings, exit 2, no trial."""
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    result = run_sweep(ray_args(tiny_model_dir, tmp_path / "sweep", SYNTHETIC), tmp_path, tmp_path / "cache")
+    assert result.returncode == 2, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: hydra.sweeper.ray.address: cannot join"), errors
+    assert "RAY_AUTH_MODE=token" in errors[0] and "Traceback" not in result.stderr
 
 
 def test_more_slots_than_the_cluster_holds_is_one_message(on_cluster, tiny_model_dir, tmp_path):

@@ -15,7 +15,7 @@ import re
 import pytest
 from optuna.trial import TrialState
 
-from tests.ray_cluster import RAY_ENV
+from tests.ray_cluster import RAY_ENV, token_auth
 from tests.services import _unavailable
 from tests.sweeps import counted, load, start_sweep, synthetic_sweep_args, wait_for
 
@@ -23,23 +23,27 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def two_nodes(monkeypatch):
+def two_nodes(tmp_path):
     if importlib.util.find_spec("ray") is None:
         _unavailable("Ray is not installed (pip install -e '.[ray]')")
-    for name, value in RAY_ENV.items():
-        monkeypatch.setenv(name, value)
     import ray._private.ray_constants as ray_constants
+    from ray._private.authentication_test_utils import reset_auth_token_state
     from ray.cluster_utils import Cluster
 
-    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # as the env var says: loopback only
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"slot": 2}})
-    try:
-        second = cluster.add_node(num_cpus=1, resources={"slot": 1})
-        assert {cluster.head_node.node_ip_address, second.node_ip_address} == {"127.0.0.1"}
-        monkeypatch.setenv("RAY_ADDRESS", cluster.address)
-        yield cluster, second
-    finally:
-        cluster.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in {**RAY_ENV, **token_auth(tmp_path)}.items():
+            patch.setenv(name, value)
+        reset_auth_token_state()  # this process's Ray read its auth settings once already: read them again
+        patch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", False)  # as the env var says: loopback only
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"slot": 2}})
+        try:
+            second = cluster.add_node(num_cpus=1, resources={"slot": 1})
+            assert {cluster.head_node.node_ip_address, second.node_ip_address} == {"127.0.0.1"}
+            patch.setenv("RAY_ADDRESS", cluster.address)
+            yield cluster, second
+        finally:
+            cluster.shutdown()
+    reset_auth_token_state()
 
 
 def test_actors_fill_both_nodes_and_a_node_lost_mid_trial_fails_and_requeues_its_trial(

@@ -154,7 +154,9 @@ class RayPool:
                     configure_logging=False,
                 )
             except (ConnectionError, ValueError) as err:
-                raise ConfigError(f"hydra.sweeper.ray.address: cannot join the Ray cluster at {address}: {err}") from None
+                raise ConfigError(
+                    f"hydra.sweeper.ray.address: cannot join the Ray cluster at {address}: {err}{_auth_hint(address)}"
+                ) from None
         total = ray.cluster_resources()
         gpus_per_slot = settings.num_gpus_per_slot
         if gpus_per_slot is None:
@@ -348,6 +350,18 @@ def _fitting_slots(total: dict, gpus_per_slot: float, resources: dict) -> int:
     bounds = [int(total.get("GPU", 0) / gpus_per_slot + 1e-9)] if gpus_per_slot > 0 else []
     bounds += [int(total.get(name, 0) / amount + 1e-9) for name, amount in (resources or {}).items() if amount > 0]
     return min(bounds) if bounds else 0
+
+
+def _auth_hint(address: str | None) -> str:
+    # Ray sends its token to an explicit address only when told to (RAY_AUTH_MODE=token), while `ray start`
+    # turns token auth on wherever a token exists: the usual reason a reachable cluster refuses a driver.
+    if address in (None, "auto") or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+        return ""
+    return (
+        ". If the cluster uses token authentication (Ray's default where ~/.ray/auth_token exists), set "
+        "RAY_AUTH_MODE=token and give this driver the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
+        "or ~/.ray/auth_token)"
+    )
 
 
 def _and_resources(settings: Any) -> str:
