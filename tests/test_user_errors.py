@@ -153,3 +153,37 @@ def test_errors_are_found_before_the_model_libraries_are_imported(tmp_path, args
     assert result.returncode == 0, result.stderr[-2000:]
     assert message in result.stdout, result.stdout
     assert f"imported: {imported}" in result.stdout  # torch only for a check that builds a torch object
+
+
+SWEEP_TRIAL_CHECK = """
+import sys
+from pathlib import Path
+from sweeper.config import SweeperConfig
+from sweeper.slots.compose import ConfigSource
+from sweeper.space.trial_check import TrialCheck
+from train.errors import UserError
+check = TrialCheck(SweeperConfig(), sys.argv[2:], Path("preflight").absolute(), ConfigSource.default())
+try:
+    check([sys.argv[1]])
+    print("passed")
+except UserError as err:
+    print("error:", err)
+print("diffusers imported:", "diffusers" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("value", "outcome"), [("network.dim=4", "passed"), ("network.dim=0", "network.dim: must be >= 1")])
+def test_a_sweeps_trial_check_loads_no_model_library(tiny_model_dir, tmp_path, value, outcome):
+    """The controller checks trial configs before a worker starts, without diffusers (the workers load it).
+
+    Building the network to check it imports peft, as ``python -m train``'s own pre-flight does."""
+    import subprocess
+    import sys
+
+    env = {"LORA_SWEEP_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+    args = [value, "sweep=demo", f"model.path={tiny_model_dir}", "logger=none"]
+    result = subprocess.run(
+        [sys.executable, "-c", SWEEP_TRIAL_CHECK, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert outcome in result.stdout and "diffusers imported: False" in result.stdout, result.stdout

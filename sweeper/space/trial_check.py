@@ -10,6 +10,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sweeper.config import SweeperConfig
 from sweeper.slots.compose import ConfigSource, compose_trial
 from train.errors import ConfigError, UserError
+from train.preflight import check_run
 
 
 def _message(err: Exception) -> str:
@@ -21,8 +22,9 @@ class TrialCheck:
     """``check(overrides)``: the trial with these sampled overrides can run; else a UserError naming the problem.
 
     It composes the config as the trials will (Hydra's own loader inside a
-    sweep), checks what a sweep needs of it, and runs the recipe's pre-flight,
-    the one every trial runs before it loads a model.
+    sweep), checks what a sweep needs of it, and runs the pre-flight every
+    trial's recipe runs before it loads a model (train/preflight.py), without
+    importing the recipe: no model library loads in the controller.
     """
 
     def __init__(self, cfg: SweeperConfig, base_overrides: list[str], run_dir: Path, source: ConfigSource):
@@ -30,8 +32,6 @@ class TrialCheck:
 
     def __call__(self, overrides: list[str]):
         """The trial's RunConfig once it passed; a UserError naming the problem otherwise."""
-        from train.recipe import LoRATrainingRecipe
-
         run_cfg = self._compose([*self.base_overrides, *overrides])
         directions = self.cfg.directions() or [run_cfg.evaluate.objective.direction]
         if not run_cfg.evaluate.enabled:
@@ -42,7 +42,7 @@ class TrialCheck:
                 f"({run_cfg.evaluate.objective.direction}); the trial value is the evaluation objective"
             )
         try:
-            LoRATrainingRecipe(run_cfg, self.run_dir).preflight()
+            check_run(run_cfg)
         except UserError:
             raise
         except Exception as err:  # what would fail every trial with this value: say so now, not in each trial
