@@ -13,12 +13,10 @@ processes; the Ray arm joins a Ray instance started here beforehand, bound to
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +31,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Ray: no usage stats, every server on loopback (as the tests run it).
 os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
 
-from bench.sweep_overhead import cpu_count, demo_sweeper_section, say, stderr_to  # noqa: E402
+from bench.sweep_overhead import (  # noqa: E402
+    bench_workdir,
+    cpu_count,
+    demo_overrides,
+    demo_sweeper_section,
+    say,
+    stderr_to,
+)
 
 
 @dataclass
@@ -142,23 +147,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     bench_started, load_at_start = time.monotonic(), os.getloadavg()[0]
     arms: list[Arm] = []
-    with contextlib.ExitStack() as stack:
-        if args.workdir is None:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sweep-backends-")))
-        else:
-            work = args.workdir.resolve()
-            work.mkdir(parents=True, exist_ok=True)
+    with bench_workdir(args.workdir, "sweep-backends-") as work:
         log_path = work / "bench.log"
         say(f"work dir {work}; workers' and Ray's output in {log_path}")
         try:
             with stderr_to(log_path):
-                import optuna
-
-                from train.models.tiny import build_tiny_sd15
-
-                optuna.logging.set_verbosity(optuna.logging.WARNING)
-                model = build_tiny_sd15(work / "models" / "tiny-sd15")
-                base = ["sweep=demo", f"model.path={model}", f"paths.cache_dir={work / 'cache'}", "logger=none"]
+                base = demo_overrides(work)
                 say("warm-up: one untimed one-trial sweep (latents, text embeddings, file cache)")
                 warm_up(work, base)
                 say("starting a Ray instance on 127.0.0.1")

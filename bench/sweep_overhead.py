@@ -96,6 +96,29 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
+@contextlib.contextmanager
+def bench_workdir(keep: Path | None, prefix: str) -> Iterator[Path]:
+    """``keep`` (created if missing, left in place), else a temporary dir removed afterwards."""
+    if keep is not None:
+        keep = keep.resolve()
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+        return
+    with tempfile.TemporaryDirectory(prefix=prefix) as work:
+        yield Path(work)
+
+
+def demo_overrides(work: Path) -> list[str]:
+    """The tiny model built into ``work`` and the overrides of ``sweep=demo`` on it (one cache, no logger)."""
+    import optuna
+
+    from train.models.tiny import build_tiny_sd15
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    model = build_tiny_sd15(work / "models" / "tiny-sd15")
+    return ["sweep=demo", f"model.path={model}", f"paths.cache_dir={work / 'cache'}", "logger=none"]
+
+
 # --------------------------------------------------------------- fresh runner
 @dataclass
 class _Child:
@@ -490,23 +513,12 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     bench_started, load_at_start = time.monotonic(), os.getloadavg()[0]
 
-    with contextlib.ExitStack() as stack:
-        if args.workdir is None:
-            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sweep-overhead-")))
-        else:
-            work = args.workdir.resolve()
-            work.mkdir(parents=True, exist_ok=True)
+    with bench_workdir(args.workdir, "sweep-overhead-") as work:
         log_path = work / "bench.log"
         say(f"work dir {work}; workers' output in {log_path}")
         try:
             with stderr_to(log_path):
-                import optuna
-
-                from train.models.tiny import build_tiny_sd15
-
-                optuna.logging.set_verbosity(optuna.logging.WARNING)
-                model = build_tiny_sd15(work / "models" / "tiny-sd15")
-                base = ["sweep=demo", f"model.path={model}", f"paths.cache_dir={work / 'cache'}", "logger=none"]
+                base = demo_overrides(work)
                 fix = objective_fix(base)
                 base += fix
                 say("warm-up: one untimed trial in a fresh process (latents, text embeddings, demo CLIP, file cache)")
