@@ -122,6 +122,19 @@ def test_a_driver_without_the_clusters_token_is_told_what_to_set(on_cluster, tin
     assert "RAY_AUTH_MODE=token" in errors[0] and "Traceback" not in result.stderr
 
 
+def test_only_an_authentication_refusal_gets_the_token_hint():
+    from sweeper.slots.ray_pool import _auth_hint
+
+    try:  # as ray.init raises it: its ConnectionError from the node's, which names the refusal
+        raise ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:1") from RuntimeError(
+            "Failed to start GCS. ray.exceptions.AuthenticationError: RPC error: InvalidAuthToken"
+        )
+    except ConnectionError as err:
+        refused = err
+    assert "RAY_AUTH_MODE=token" in _auth_hint(refused)
+    assert _auth_hint(ConnectionError("Failed to connect to Ray cluster at 127.0.0.1:1")) == ""
+
+
 def test_more_slots_than_the_cluster_holds_is_one_message(on_cluster, tiny_model_dir, tmp_path):
     """Synthetic trials; 5 slots of {slot: 1} on a cluster with 2: no trial starts, exit 2."""
     args = ray_args(tiny_model_dir, tmp_path / "sweep", SYNTHETIC, "hydra.sweeper.ray.max_slots=5")

@@ -155,7 +155,7 @@ class RayPool:
                 )
             except (ConnectionError, ValueError) as err:
                 raise ConfigError(
-                    f"hydra.sweeper.ray.address: cannot join the Ray cluster at {address}: {err}{_auth_hint(address)}"
+                    f"hydra.sweeper.ray.address: cannot join the Ray cluster at {address}: {err}{_auth_hint(err)}"
                 ) from None
         total = ray.cluster_resources()
         gpus_per_slot = settings.num_gpus_per_slot
@@ -352,15 +352,19 @@ def _fitting_slots(total: dict, gpus_per_slot: float, resources: dict) -> int:
     return min(bounds) if bounds else 0
 
 
-def _auth_hint(address: str | None) -> str:
+def _auth_hint(err: BaseException) -> str:
     # Ray sends its token to an explicit address only when told to (RAY_AUTH_MODE=token), while `ray start`
     # turns token auth on wherever a token exists: the usual reason a reachable cluster refuses a driver.
-    if address in (None, "auto") or os.environ.get("RAY_AUTH_MODE", "").lower() == "token":
+    causes, cause = [], err
+    while cause is not None:
+        causes.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    if "Authentication" not in " ".join(causes):
         return ""
     return (
-        ". If the cluster uses token authentication (Ray's default where ~/.ray/auth_token exists), set "
-        "RAY_AUTH_MODE=token and give this driver the cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH "
-        "or ~/.ray/auth_token)"
+        ". The cluster refused this driver's authentication: it uses token authentication (Ray's default "
+        "where ~/.ray/auth_token exists); set RAY_AUTH_MODE=token and give this driver the cluster's token "
+        "(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
     )
 
 
