@@ -51,6 +51,8 @@ def test_no_planted_secret_is_written_by_a_sweep_a_promotion_or_a_report(tiny_mo
         a for a in sweep_args(tiny_model_dir, tmp_path / "sw", logger="wandb") if a not in ("-m", "logger=none")
     ]
     overrides += [f"hydra.sweeper.storage={storage}", f"hydra.sweeper.study_name={study}", "hydra.sweeper.n_trials=2"]
+    # The workers' own URL (as to a PgBouncer in front of the database) carries the password too.
+    overrides += [f"hydra.sweeper.worker_storage={storage.replace('postgresql:', 'postgresql+psycopg2:', 1)}"]
     sweep = _run(["-m", "train", "-m", *overrides], tmp_path, env)
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     promote = _run(["-m", "sweeper", "promote", *overrides], tmp_path, env)

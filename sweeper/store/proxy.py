@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage
+from optuna.storages import JournalStorage, RDBStorage
 
 from sweeper.store.storage import KEY, WORKER_KEY, describe_storage, make_storage
 from train.errors import ConfigError
@@ -74,9 +74,19 @@ def check_worker_storage(study: optuna.Study, url: str) -> None:
         seen = storage.get_study_system_attrs(study_id).get(PROBE_ATTR)
     except KeyError:
         seen = None
+    finally:
+        _close(storage)
     if seen != token:
         raise ConfigError(
             f"{WORKER_KEY}: {describe_storage(url)} reaches another database than {KEY} "
             f"(study {study.study_name!r} there is not this sweep's); the workers' URL must lead to the same database"
         )
     log.info("workers reach study %r through %s", study.study_name, describe_storage(url))
+
+
+def _close(storage) -> None:
+    # The probe's own channel or connection pool: the workers open theirs.
+    if isinstance(storage, RDBStorage):
+        storage.engine.dispose()
+    elif hasattr(storage, "close"):
+        storage.close()
