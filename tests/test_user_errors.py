@@ -136,8 +136,11 @@ print("imported:", ",".join(heavy) or "none")
         (["network.dim=0"], "network.dim: must be >= 1", "none"),
         (["dataset=folder", "dataset.train_data_dir={empty}"], "has problems", "none"),
         (["scheduler=piecewise", "scheduler.factory.schedule=nonsense"], "scheduler.factory.schedule", "torch"),
+        # The last check: every network family was built and checked by then, without peft.
+        (["model.build_tiny=false", "model.path={empty}/no-model"], "model.path", "torch"),
+        (["network=loha", "model.build_tiny=false", "model.path={empty}/no-model"], "model.path", "torch"),
     ],
-    ids=["config", "dataset", "schedule"],
+    ids=["config", "dataset", "schedule", "model-path-after-lora", "model-path-after-loha"],
 )
 def test_errors_are_found_before_the_model_libraries_are_imported(tmp_path, args, message, imported):
     import subprocess

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import torch
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from train.networks.peft_network import ADAPTER
+
+if TYPE_CHECKING:  # peft loads with the adapters, not with a network's config check
+    from peft.tuners.lora import LoraLayer
 
 MAGNITUDE = "dora_magnitude"
 

@@ -11,11 +11,15 @@ RNG when it recomputes a forward, so the recomputed masks equal the first ones.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
-from peft.tuners.lora import LoraLayer
 
 from train.networks.peft_network import ADAPTER
+
+if TYPE_CHECKING:  # peft loads with the adapters, not with a network's config check
+    from peft.tuners.lora import LoraLayer
 
 
 def drop_ranks(down_output: torch.Tensor, p: float) -> torch.Tensor:

@@ -9,9 +9,9 @@ Files are kohya's ``lora_down`` / ``lora_up`` / ``alpha`` keys, which diffusers'
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from peft import LoraConfig
-from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from train.errors import ConfigError
@@ -26,6 +26,10 @@ from train.networks.peft_network import (
     file_alpha,
     layer_alpha,
 )
+
+if TYPE_CHECKING:  # peft loads with the adapters, not with a network's config check
+    from peft import LoraConfig
+    from peft.tuners.lora import LoraLayer
 
 # network.init_lora_weights -> peft's init_lora_weights; both draw A at random and zero B.
 LORA_INITS = {"kaiming": True, "default": True, "gaussian": "gaussian"}
@@ -45,6 +49,8 @@ class LoRA(PeftNetwork):
         self.dropout = KohyaDropout(cfg.network_dropout, cfg.rank_dropout, cfg.module_dropout)
 
     def peft_config(self, targets, rank_pattern, alpha_pattern) -> LoraConfig:
+        from peft import LoraConfig
+
         return LoraConfig(
             r=self.cfg.dim,
             lora_alpha=self.cfg.effective_alpha,

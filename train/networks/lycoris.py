@@ -9,13 +9,16 @@ decomposed. rank_dropout and module_dropout are peft's (LyCORIS semantics).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
-from peft import LoHaConfig, LoKrConfig
-from peft.tuners.lycoris_utils import LycorisLayer
 
 from train.errors import ConfigError
 from train.networks.peft_network import ADAPTER, PeftNetwork, check_shape, fail, file_alpha, layer_alpha
+
+if TYPE_CHECKING:  # peft loads with the adapters, not with a network's config check
+    from peft import LoHaConfig, LoKrConfig
+    from peft.tuners.lycoris_utils import LycorisLayer
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ class LoHa(LycorisNetwork):
     suffixes = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2")
 
     def peft_config(self, targets, rank_pattern, alpha_pattern) -> LoHaConfig:
+        from peft import LoHaConfig
+
         return LoHaConfig(
             target_modules=targets, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, **self.common_options()
         )
@@ -116,6 +121,8 @@ class LoKr(LycorisNetwork):
             )
 
     def peft_config(self, targets, rank_pattern, alpha_pattern) -> LoKrConfig:
+        from peft import LoKrConfig
+
         return LoKrConfig(
             target_modules=targets,
             rank_pattern=rank_pattern,

@@ -11,11 +11,9 @@ import contextlib
 import os
 from abc import abstractmethod
 from collections.abc import Iterator, Mapping
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import torch
-from peft import PeftConfig, inject_adapter_in_model
-from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 from train.errors import ConfigError, UserError
@@ -23,6 +21,10 @@ from train.lora_format import build_metadata, read_lora, save_lora
 from train.networks.base import WEIGHTS_KEY, MaxNormStats, Network, NetworkTargets, forked_seed, freeze
 from train.networks.kohya_defaults import KohyaDifference, peft_differences
 from train.networks.names import UNET_PREFIX, canonical_module_name, named_layers
+
+if TYPE_CHECKING:  # peft loads with the adapters, not with a network's config check
+    from peft import PeftConfig
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
 ADAPTER = "default"
 
@@ -37,6 +39,8 @@ def tuner_layers(model: nn.Module | None) -> dict[str, BaseTunerLayer]:
     """peft module name -> tuner layer, for every layer holding our adapter."""
     if model is None:
         return {}
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
     return {
         name: module
         for name, module in model.named_modules()
@@ -149,6 +153,8 @@ class PeftNetwork(Network):
         try:
             # peft itself, not the model's add_adapter: transformers' wrapper demands peft
             # releases newer than some installs have, and adds nothing we use.
+            from peft import inject_adapter_in_model
+
             inject_adapter_in_model(config, model, adapter_name=ADAPTER)
         except ValueError as error:  # peft: no module matches the target names
             raise ConfigError(f"{key}: {error}") from error
