@@ -85,7 +85,7 @@ def check_comparison(cfg: ScoreConfig) -> CheckedComparison:
         available.discard("clip_i")
     check_objective(cfg.evaluate.objective, available)
     networks = inspect_files(files)  # bad files fail here, named, before the model loads
-    from train.models.loading import ensure_model_available
+    from train.models.checks import ensure_model_available
 
     ensure_model_available(cfg.model)
     return CheckedComparison(files=files, networks=networks, prompts=prompts, references=references)

@@ -21,7 +21,8 @@ from tests.ldm_export import export_ldm_safetensors, pipeline_to_ldm_state_dict 
 from train.config import ModelConfig  # noqa: E402
 from train.errors import ModelLoadError, UserError  # noqa: E402
 from train.models import hashing  # noqa: E402
-from train.models.loading import ensure_model_available, load_base_model  # noqa: E402
+from train.models.checks import ensure_model_available  # noqa: E402
+from train.models.loading import load_base_model  # noqa: E402
 from train.models.tiny import build_tiny_sd15, build_tiny_sd15_vpred, make_tiny_pipeline  # noqa: E402
 
 TOLERANCE = 1e-5

@@ -29,8 +29,9 @@ from tests.conftest import compose_run  # noqa: E402
 from tests.ldm_export import convert_unet, convert_vae  # noqa: E402
 from train.config import ModelConfig  # noqa: E402
 from train.errors import ModelLoadError  # noqa: E402
+from train.models.checks import ensure_model_available, folder_architecture  # noqa: E402
 from train.models.conditioning import TextConditioning, encode_captions, size_time_ids, unet_kwargs  # noqa: E402
-from train.models.loading import ensure_model_available, folder_architecture, load_base_model  # noqa: E402
+from train.models.loading import load_base_model  # noqa: E402
 from train.models.tiny import build_tiny_sdxl, make_tiny_pipeline, make_tiny_sdxl_pipeline  # noqa: E402
 from train.networks.sgm_names import kohya_sgm_lora_name, sgm_module_name  # noqa: E402
 

@@ -71,7 +71,7 @@ def check_run(cfg: RunConfig) -> CheckedRun:
         check_objective(cfg.evaluate.objective, cfg.evaluate.available_metrics(bool(val_records)))
     # From here on the checks build small torch objects (a second or two to import torch).
     from train import optimizers, schedulers
-    from train.models.loading import ensure_model_available
+    from train.models.checks import ensure_model_available
     from train.networks import build_network
     from train.networks.weights_check import check_network_weights
     from train.noise import build_noise_sampler

@@ -33,7 +33,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 
 from train.atomic import atomic_dir  # noqa: E402
 from train.errors import ModelLoadError  # noqa: E402
-from train.models.loading import diffusers_folder_problems, folder_architecture  # noqa: E402
+from train.models.checks import diffusers_folder_problems, folder_architecture  # noqa: E402
 
 MAX_TOKENS = 77
 TEXT_HIDDEN_SIZE = 32
