@@ -31,14 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Ray: no usage stats, every server on loopback (as the tests run it).
 os.environ.update({"RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
 
-from bench.sweep_overhead import (  # noqa: E402
-    bench_workdir,
-    cpu_count,
-    demo_overrides,
-    demo_sweeper_section,
-    say,
-    stderr_to,
-)
+from bench.sweep_overhead import bench_run, cpu_count, demo_overrides, demo_sweeper_section, say  # noqa: E402
 
 
 @dataclass
@@ -147,29 +140,21 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     bench_started, load_at_start = time.monotonic(), os.getloadavg()[0]
     arms: list[Arm] = []
-    with bench_workdir(args.workdir, "sweep-backends-") as work:
-        log_path = work / "bench.log"
-        say(f"work dir {work}; workers' and Ray's output in {log_path}")
+    with bench_run(args.workdir, "sweep-backends-", "workers' and Ray's output") as (work, _):
+        base = demo_overrides(work)
+        say("warm-up: one untimed one-trial sweep (latents, text embeddings, file cache)")
+        warm_up(work, base)
+        say("starting a Ray instance on 127.0.0.1")
+        ray_start = start_ray(args.slots)
         try:
-            with stderr_to(log_path):
-                base = demo_overrides(work)
-                say("warm-up: one untimed one-trial sweep (latents, text embeddings, file cache)")
-                warm_up(work, base)
-                say("starting a Ray instance on 127.0.0.1")
-                ray_start = start_ray(args.slots)
-                for round_ in range(1, args.rounds + 1):
-                    for backend in ("local", "ray"):
-                        say(f"  round {round_}: {backend}, {args.trials} trials on {args.slots} slots")
-                        arms.append(run_arm(backend, round_, args, work, base))
-        except BaseException:
-            lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
-            print("\n".join(lines[-40:]), file=sys.stderr)
-            raise
+            for round_ in range(1, args.rounds + 1):
+                for backend in ("local", "ray"):
+                    say(f"  round {round_}: {backend}, {args.trials} trials on {args.slots} slots")
+                    arms.append(run_arm(backend, round_, args, work, base))
         finally:
             import ray
 
-            if ray.is_initialized():
-                ray.shutdown()
+            ray.shutdown()
     console = Console(width=140)
     console.print(table(arms, args, ray_start))
     console.print(NOTES)

@@ -108,6 +108,21 @@ def bench_workdir(keep: Path | None, prefix: str) -> Iterator[Path]:
         yield Path(work)
 
 
+@contextlib.contextmanager
+def bench_run(keep: Path | None, prefix: str, logged: str) -> Iterator[tuple[Path, Path]]:
+    """(work dir, log file): stderr of this process and its workers goes to the log; a failure shows its tail."""
+    with bench_workdir(keep, prefix) as work:
+        log_path = work / "bench.log"
+        say(f"work dir {work}; {logged} in {log_path}")
+        try:
+            with stderr_to(log_path):
+                yield work, log_path
+        except BaseException:
+            lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+            print("\n".join(lines[-40:]), file=sys.stderr)
+            raise
+
+
 def demo_overrides(work: Path) -> list[str]:
     """The tiny model built into ``work`` and the overrides of ``sweep=demo`` on it (one cache, no logger)."""
     import optuna
@@ -513,28 +528,20 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     bench_started, load_at_start = time.monotonic(), os.getloadavg()[0]
 
-    with bench_workdir(args.workdir, "sweep-overhead-") as work:
-        log_path = work / "bench.log"
-        say(f"work dir {work}; workers' output in {log_path}")
-        try:
-            with stderr_to(log_path):
-                base = demo_overrides(work)
-                fix = objective_fix(base)
-                base += fix
-                say("warm-up: one untimed trial in a fresh process (latents, text embeddings, demo CLIP, file cache)")
-                warm_up(args, work, base, log_path)
-                overhead = []
-                if not args.skip_overhead:
-                    say("part 1: persistent workers vs a fresh process per trial")
-                    overhead = part_one(args, work, base, log_path)
-                pruning = []
-                if not args.skip_pruning:
-                    say("part 2: median pruning vs no pruning")
-                    pruning = part_two(args, work, base)
-        except BaseException:
-            lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
-            print("\n".join(lines[-40:]), file=sys.stderr)
-            raise
+    with bench_run(args.workdir, "sweep-overhead-", "workers' output") as (work, log_path):
+        base = demo_overrides(work)
+        fix = objective_fix(base)
+        base += fix
+        say("warm-up: one untimed trial in a fresh process (latents, text embeddings, demo CLIP, file cache)")
+        warm_up(args, work, base, log_path)
+        overhead = []
+        if not args.skip_overhead:
+            say("part 1: persistent workers vs a fresh process per trial")
+            overhead = part_one(args, work, base, log_path)
+        pruning = []
+        if not args.skip_pruning:
+            say("part 2: median pruning vs no pruning")
+            pruning = part_two(args, work, base)
 
     console = Console(width=140)
     if fix:

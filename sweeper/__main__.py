@@ -28,7 +28,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name, text in COMMANDS.items():
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("overrides", nargs="*", help="the sweep's overrides, e.g. sweep=demo")
-        sub.add_argument("--sweep-dir", help="the sweep dir (default: the newest one holding the study)")
+        if name != "storage-proxy":  # the proxy serves a database server named by hydra.sweeper.storage
+            sub.add_argument("--sweep-dir", help="the sweep dir (default: the newest one holding the study)")
         if name == "report":
             sub.add_argument("--out", help="output file (default: <sweep dir>/report.html)")
             sub.add_argument("--top", type=int, default=4, help="trials in the side-by-side grid (default 4)")

@@ -103,7 +103,7 @@ class SweepController:
         self.study = create_study(cfg, self.storage)
         self.worker_storage_url = self.storage_url
         if cfg.worker_storage is not None:
-            check_worker_storage(self.study, cfg.worker_storage)
+            check_worker_storage(self.storage, self.study.study_name, cfg.worker_storage)
             self.worker_storage_url = cfg.worker_storage
         self.n_trials = cfg.n_trials
         self.grid = grid_points(cfg.sampler)

@@ -18,6 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from sweeper.config import SweeperConfig
 from sweeper.store.storage import make_storage
@@ -50,13 +51,13 @@ def test_a_worker_reports_through_the_proxy_to_the_controllers_study(tmp_path, s
         job = TrialJob(trial.number, trial._trial_id, study.study_name, f"grpc://127.0.0.1:{port}", [], str(tmp_path))
         optuna.trial.Trial(open_study(job), trial._trial_id).report(0.25, step=3)
         assert study.trials[0].intermediate_values == {3: 0.25}
-        check_worker_storage(study, f"grpc://127.0.0.1:{port}")  # the same study: no error
+        check_worker_storage(make_storage(url, tmp_path), study.study_name, f"grpc://127.0.0.1:{port}")  # the same study
     finally:
         server.stop(grace=None)
 
 
 def test_a_proxy_that_serves_another_database_is_named(tmp_path, sqlite_study):
-    _, study = sqlite_study
+    url, study = sqlite_study
     other = tmp_path / "other"
     other.mkdir()
     other_url = f"sqlite:///{other / 'optuna.db'}"
@@ -66,7 +67,7 @@ def test_a_proxy_that_serves_another_database_is_named(tmp_path, sqlite_study):
     server = start_storage_proxy(other_url, "127.0.0.1", port)
     try:
         with pytest.raises(ConfigError) as err:
-            check_worker_storage(study, f"grpc://127.0.0.1:{port}")
+            check_worker_storage(make_storage(url, tmp_path), study.study_name, f"grpc://127.0.0.1:{port}")
         message = str(err.value)
         assert message.startswith("hydra.sweeper.worker_storage: ")
         assert f"grpc://127.0.0.1:{port}" in message and "another database" in message
@@ -108,8 +109,10 @@ def _serve(url: str, port: int, cwd: Path) -> subprocess.Popen:
 
 
 def test_a_sweep_on_postgresql_with_its_workers_through_the_proxy(tiny_model_dir, tmp_path):
-    """The README's plan at scale, on one machine: controller on the direct URL, workers through the proxy."""
-    url = postgres_url()
+    """The README's plan at scale, on one machine: controller on the direct URL, workers through the proxy.
+
+    The URL as users write it, a bare postgresql://, for the proxy and the controller alike."""
+    url = make_url(postgres_url()).set(drivername="postgresql").render_as_string(hide_password=False)
     port = free_port()
     proxy = _serve(url, port, tmp_path)
     lines: list[str] = []

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import optuna
-from optuna.storages import JournalStorage, RDBStorage
+from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 
 from sweeper.store.storage import KEY, WORKER_KEY, describe_storage, make_storage
 from train.errors import ConfigError
@@ -64,14 +64,13 @@ def serve_storage_proxy(url: str, host: str, port: int) -> None:
     print("storage proxy stopped", flush=True)
 
 
-def check_worker_storage(study: optuna.Study, url: str) -> None:
+def check_worker_storage(controller_storage: BaseStorage, study_name: str, url: str) -> None:
     """ConfigError unless the workers' URL reaches this very study (not a namesake in another database)."""
     token = uuid.uuid4().hex
-    study._storage.set_study_system_attr(study._study_id, PROBE_ATTR, token)
+    controller_storage.set_study_system_attr(controller_storage.get_study_id_from_name(study_name), PROBE_ATTR, token)
     storage = make_storage(url, Path("."), key=WORKER_KEY)
     try:
-        study_id = storage.get_study_id_from_name(study.study_name)
-        seen = storage.get_study_system_attrs(study_id).get(PROBE_ATTR)
+        seen = storage.get_study_system_attrs(storage.get_study_id_from_name(study_name)).get(PROBE_ATTR)
     except KeyError:
         seen = None
     finally:
@@ -79,9 +78,9 @@ def check_worker_storage(study: optuna.Study, url: str) -> None:
     if seen != token:
         raise ConfigError(
             f"{WORKER_KEY}: {describe_storage(url)} reaches another database than {KEY} "
-            f"(study {study.study_name!r} there is not this sweep's); the workers' URL must lead to the same database"
+            f"(study {study_name!r} there is not this sweep's); the workers' URL must lead to the same database"
         )
-    log.info("workers reach study %r through %s", study.study_name, describe_storage(url))
+    log.info("workers reach study %r through %s", study_name, describe_storage(url))
 
 
 def _close(storage) -> None:
