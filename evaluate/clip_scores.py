@@ -23,6 +23,7 @@ from PIL import Image  # noqa: E402
 from torch import Tensor  # noqa: E402
 from transformers import AutoProcessor, CLIPModel  # noqa: E402
 
+from evaluate.model_files import clip_folder_problems  # noqa: E402
 from train.data.images import to_rgb_on_white  # noqa: E402
 from train.errors import ModelLoadError  # noqa: E402
 
@@ -55,23 +56,6 @@ def clip_i_scores(image_embeds: Tensor, reference_embeds: Tensor) -> Tensor:
 def _features(output) -> Tensor:
     # transformers 5 returns a ModelOutput with the projection in pooler_output; 4.x a tensor.
     return output if isinstance(output, Tensor) else output.pooler_output
-
-
-def clip_folder_problems(folder: Path) -> list[str]:
-    """What a CLIP folder lacks for CLIPModel + processor loading; [] when complete (no weights read)."""
-    problems = []
-    if not (folder / "config.json").is_file():
-        problems.append("config.json (the CLIPModel config)")
-    weights = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
-    if not any((folder / name).is_file() for name in weights):
-        problems.append("model.safetensors or pytorch_model.bin (the weights)")
-    if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
-        problems.append("preprocessor_config.json (the image processor)")
-    if not (folder / "tokenizer.json").is_file() and not (
-        (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()
-    ):
-        problems.append("tokenizer.json or vocab.json + merges.txt (the tokenizer)")
-    return problems
 
 
 def _stable_config(value):

@@ -19,7 +19,7 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor  # noqa: E402
 
 from evaluate.aesthetic import AestheticHead  # noqa: E402
-from evaluate.clip_scores import clip_folder_problems  # noqa: E402
+from evaluate.model_files import clip_folder_problems  # noqa: E402
 from train.atomic import atomic_dir  # noqa: E402
 from train.errors import ModelLoadError  # noqa: E402
 from train.models.tiny import MAX_TOKENS, build_tiny_tokenizer  # noqa: E402
