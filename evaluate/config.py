@@ -14,6 +14,8 @@ from train.errors import ConfigError
 
 DIRECTIONS = ("maximize", "minimize")
 METRICS = ("clip_t", "clip_i", "aesthetic", "val_loss")
+# The world's judge (evaluate/judge.py): logged beside the scores, never an objective, so it can check them.
+JUDGE_METRICS = ("judge_fidelity", "judge_editability")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -38,6 +40,12 @@ class ObjectiveConfig:
             any(w != 0 for w in self.metrics.values()), "evaluate.objective.metrics", "give a metric a nonzero weight"
         )
         for name in self.metrics:
+            _require(
+                name not in JUDGE_METRICS,
+                f"evaluate.objective.metrics.{name}",
+                "the judge is the world's ground truth, kept out of the objective so that it can check it; "
+                f"choose from {METRICS}",
+            )
             _require(name in METRICS, f"evaluate.objective.metrics.{name}", f"unknown metric; choose from {METRICS}")
         _require(
             self.direction in DIRECTIONS,
@@ -90,6 +98,9 @@ class EvaluateConfig:
     aesthetic_path: str | None = None
     build_demo_clip: bool = False
     demo_clip_dir: str = "${paths.cache_dir}/models/tiny-clip"
+    # The world's judge folder (evaluate/judge.py): judge_fidelity and judge_editability on the prompts
+    # that name the world's concept token; null: no judge (it only knows the world's images).
+    judge_path: str | None = None
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
@@ -120,6 +131,8 @@ class EvaluateConfig:
             metrics.add("aesthetic")
         if self.validation.enabled and has_validation_images:
             metrics.add("val_loss")
+        if self.judge_path:
+            metrics |= set(JUDGE_METRICS)
         return metrics
 
 

@@ -67,6 +67,21 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def replacing_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Like ``atomic_dir``, but what is at ``path`` is replaced (a rebuild): moved aside, then removed."""
+    final = Path(path)
+    with atomic_dir(final.with_name(f".{final.name}.new")) as tmp:
+        yield tmp
+    new = final.with_name(f".{final.name}.new")
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.rename(final, old)
+    os.rename(new, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
