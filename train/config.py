@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -23,6 +24,8 @@ LATENT_SAMPLING = ("once", "deterministic", "random")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 # "sd": SD 1.x/2.x (one CLIP text encoder); "sdxl": two text encoders, pooled embeddings, size conditioning.
 ARCHITECTURES = ("sd", "sdxl")
+# The world's pretrained models ship inside the package (`make world` rebuilds them there).
+WORLD_DIR = str(Path(__file__).resolve().parent / "models" / "assets")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -35,6 +38,8 @@ class PathsConfig:
     # Built models, latent and text-embedding caches live here, shared by runs.
     cache_dir: str = ".cache/lora_sweep"
     output_dir: str = "${hydra:runtime.output_dir}"
+    # The world's base model, CLIP, aesthetic head and judge (model=world, evaluate=world).
+    world_dir: str = WORLD_DIR
 
 
 @dataclass
@@ -77,6 +82,20 @@ class SyntheticDataConfig:
 
 
 @dataclass
+class WorldDataConfig:
+    # Write the world's held-out concept (train/data/world.py) at dataset.train_data_dir when missing.
+    enabled: bool = False
+    num_images: int = 16
+    seed: int = 0
+    # kohya repeats of the concept's folder (N in N_sks).
+    repeats: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.num_images >= 1, "dataset.world.num_images", f"must be >= 1, got {self.num_images}")
+        _require(self.repeats >= 1, "dataset.world.repeats", f"must be >= 1, got {self.repeats}")
+
+
+@dataclass
 class DatasetConfig:
     name: str = "synthetic"
     # kohya layout: a parent folder whose `N_name` subfolders repeat N times.
@@ -115,6 +134,7 @@ class DatasetConfig:
     validation_split: float = 0.0
     validation_seed: int = 0
     synthetic: SyntheticDataConfig = field(default_factory=SyntheticDataConfig)
+    world: WorldDataConfig = field(default_factory=WorldDataConfig)
 
     def __post_init__(self) -> None:
         _require(len(self.resolution) in (1, 2), "dataset.resolution", "give [size] or [width, height]")
