@@ -178,16 +178,17 @@ def _manifest(out: Path, s: BuildSettings, seconds: dict[str, float]) -> dict:
 
 
 def build(out: Path, parts: list[str], settings: BuildSettings) -> dict:
-    seconds = {}
+    manifest = {}
     for part in PARTS:
         if part in parts:
             started = time.time()
             log.info("building %s", part)
             BUILDERS[part](out, settings)
-            seconds[part] = round(time.time() - started, 1)
-            log.info("%s built in %.0f s", part, seconds[part])
-    manifest = _manifest(out, settings, seconds)
-    write_bytes_atomic(out / "BUILD.json", (json.dumps(manifest, indent=2) + "\n").encode())
+            seconds = round(time.time() - started, 1)
+            log.info("%s built in %.0f s", part, seconds)
+            # After each part, so that a build stopped later still records what it finished.
+            manifest = _manifest(out, settings, {part: seconds})
+            write_bytes_atomic(out / "BUILD.json", (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
 
 
