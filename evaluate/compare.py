@@ -26,6 +26,7 @@ from safetensors import safe_open
 
 from evaluate.compare_check import CheckedComparison, check_comparison
 from evaluate.grid import make_grid, save_png_atomic
+from evaluate.judge import JudgeScorer
 from evaluate.objective import is_better, objective_value, used_metrics
 from evaluate.pipelines import build_pipeline
 from evaluate.render import Render, Renderer, RenderJob, Strength, plan_renders
@@ -103,11 +104,15 @@ class FileComparison:
             return Renderer.for_model(parts, device=device, cfg=ev, default_size=size, strength=strength)
 
         scorer = build_scorer(ev, self.references, Path(cfg.paths.cache_dir) / "clip")
+        judge = JudgeScorer.from_path(ev.judge_path) if ev.judge_path else None
         jobs = plan_renders(self.prompts, list(ev.seeds), [1.0], baseline=False)
         rows, labels, results = [], [], []
         for path in self.files:
             renders = self._render_file(self.networks[path], model, pipe, make_renderer, jobs)
-            _, scores = scorer.score([r.image for r in renders], [r.job.prompt.prompt for r in renders])
+            images, prompts = [r.image for r in renders], [r.job.prompt.prompt for r in renders]
+            _, scores = scorer.score(images, prompts)
+            if judge is not None:  # the world's ground truth, beside the scores (never the objective)
+                scores.update(judge.score(images, prompts)[1])
             value = objective_value(scores, ev.objective) if set(used_metrics(ev.objective)) <= set(scores) else None
             meta = self.metadata[path]
             results.append(FileScores(path, meta.get("ss_steps", "?"), meta.get("ss_epoch", "?"), scores, value))

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from evaluate.model_files import check_evaluation_files
 from evaluate.objective import check_objective
 from evaluate.prompts import load_prompts
 from evaluate.score_config import ScoreConfig
@@ -84,6 +85,7 @@ def check_comparison(cfg: ScoreConfig) -> CheckedComparison:
     if not references:
         available.discard("clip_i")
     check_objective(cfg.evaluate.objective, available)
+    check_evaluation_files(cfg.evaluate)
     networks = inspect_files(files)  # bad files fail here, named, before the model loads
     from train.models.checks import ensure_model_available
 

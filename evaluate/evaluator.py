@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from evaluate.config import EvaluateConfig
+from evaluate.config import JUDGE_METRICS, EvaluateConfig
 from evaluate.grid import make_grid, save_png_atomic
+from evaluate.judge import JudgeScorer
 from evaluate.objective import is_better, objective_value, used_metrics
 from evaluate.render import Render, Renderer, plan_renders
 from evaluate.scoring import build_scorer
@@ -49,6 +50,7 @@ class Evaluator:
         prompts: list,
         renderer,
         scorer=None,
+        judge=None,
         validation: Callable[[], float] | None = None,
         logger=None,
         out_dir: Path,
@@ -56,6 +58,7 @@ class Evaluator:
         self.cfg = cfg
         self.renderer = renderer
         self.scorer = scorer
+        self.judge = judge  # the world's judge (evaluate/judge.py): ground truth beside the scores
         self.validation = validation
         self.logger = logger
         self.out_dir = Path(out_dir)
@@ -72,6 +75,8 @@ class Evaluator:
         metrics = set()
         if self.scorer is not None:
             metrics |= set(self.scorer.available_metrics())
+        if self.judge is not None:
+            metrics |= set(JUDGE_METRICS)
         if self.validation is not None:
             metrics.add("val_loss")
         return metrics
@@ -131,21 +136,26 @@ class Evaluator:
             saved.append({"prompt": job.prompt.prompt, "seed": job.seed, "path": str(path)})
         return saved
 
-    def _scores(self, renders: list[Render]) -> tuple[dict[str, float], dict[int, object]]:
-        """Aggregates (the objective's multiplier unsuffixed, each row also as name@x1/name@baseline), per-image scores."""
+    def _scores(self, renders: list[Render]) -> tuple[dict[str, float], dict[int, dict]]:
+        """Aggregates (the objective's multiplier unsuffixed, each row also as name@x1/name@baseline), and per
+        render its own values (CLIP scores, the judge's verdict) for the image table."""
         scores: dict[str, float] = {}
-        per_image: dict[int, object] = {}
-        if self.scorer is None:
-            return scores, per_image
+        per_image: dict[int, dict] = {id(r): {} for r in renders}
         by_multiplier: dict[float | None, list[Render]] = {}
         for render in renders:
             by_multiplier.setdefault(render.job.multiplier, []).append(render)
         for multiplier, group in by_multiplier.items():
-            image_scores_list, aggregate = self.scorer.score(
-                [r.image for r in group], [r.job.prompt.prompt for r in group]
-            )
-            for render, image_scores in zip(group, image_scores_list, strict=True):
-                per_image[id(render)] = image_scores
+            images, prompts = [r.image for r in group], [r.job.prompt.prompt for r in group]
+            aggregate: dict[str, float] = {}
+            if self.scorer is not None:
+                image_scores, aggregate = self.scorer.score(images, prompts)
+                for render, s in zip(group, image_scores, strict=True):
+                    per_image[id(render)].update(clip_t=s.clip_t, clip_i=s.clip_i, aesthetic=s.aesthetic)
+            if self.judge is not None:
+                verdicts, judged = self.judge.score(images, prompts)
+                for render, v in zip(group, verdicts, strict=True):
+                    per_image[id(render)].update(judge_shape=v.shape, judge_colour=v.colour, judge_background=v.background)
+                aggregate = {**aggregate, **judged}
             if multiplier == self.score_multiplier:
                 scores.update(aggregate)  # the row the objective judges, unsuffixed
                 continue
@@ -153,7 +163,7 @@ class Evaluator:
             scores.update({f"{name}@{suffix}": v for name, v in aggregate.items()})
         return scores, per_image
 
-    def _log(self, result: EvalResult, renders: list[Render], per_image: dict[int, object]) -> None:
+    def _log(self, result: EvalResult, renders: list[Render], per_image: dict[int, dict]) -> None:
         if self.logger is None:
             return
         scalars = {f"{self.prefix}/{k}": v for k, v in result.scores.items() if not math.isnan(v)}
@@ -164,15 +174,14 @@ class Evaluator:
 
         with Image.open(result.grid_path) as grid:
             self.logger.log_image(result.step, f"{self.prefix}/grid", grid.copy(), caption=f"step {result.step}")
-        columns = ["step", "prompt", "seed", "lora", "image", "clip_t", "clip_i", "aesthetic"]
+        values = ["clip_t", "clip_i", "aesthetic"]
+        values += [k for k in ("judge_shape", "judge_colour", "judge_background") if self.judge is not None]
+        columns = ["step", "prompt", "seed", "lora", "image", *values]
         rows = []
         for render in renders:
-            s = per_image.get(id(render))
             lora = "off" if render.job.multiplier is None else f"x{render.job.multiplier:g}"
-            rows.append(
-                [result.step, render.job.prompt.prompt, render.job.seed, lora, render.image]
-                + [getattr(s, name, None) for name in ("clip_t", "clip_i", "aesthetic")]
-            )
+            row = [result.step, render.job.prompt.prompt, render.job.seed, lora, render.image]
+            rows.append(row + [per_image[id(render)].get(name) for name in values])
         self.logger.log_table(result.step, f"{self.prefix}/images", columns, rows)
         if self.best is not None:
             self.logger.log_summary(
@@ -216,6 +225,14 @@ def build_training_evaluator(
     size = (cfg.width or resolution[0], cfg.height or resolution[1])
     renderer = Renderer.for_model(model, device=device, cfg=cfg, default_size=size, dtype=dtype, strength=strength)
     scorer = build_scorer(cfg, reference_images, cache_dir) if (cfg.clip_path or cfg.build_demo_clip) else None
+    judge = JudgeScorer.from_path(cfg.judge_path) if cfg.judge_path else None
     return Evaluator(
-        cfg, prompts=prompts, renderer=renderer, scorer=scorer, validation=validation, logger=logger, out_dir=out_dir
+        cfg,
+        prompts=prompts,
+        renderer=renderer,
+        scorer=scorer,
+        judge=judge,
+        validation=validation,
+        logger=logger,
+        out_dir=out_dir,
     )

@@ -62,6 +62,31 @@ def test_each_evaluation_is_tied_to_a_checkpoint_and_the_best_is_recorded(make_r
         assert grid.height > 9 * 64 and grid.width > 64
 
 
+def test_the_judge_logs_its_verdicts_beside_the_scores_never_as_the_objective(make_run):
+    from tensorboard.backend.event_processing import event_accumulator as ea
+
+    from train.config import WORLD_DIR
+
+    prompts = "evaluate.prompts=[a sks on a grey background,a red sks on a black background,a red circle]"
+    cfg = make_run(*STEPS, *EVAL, "evaluate.baseline=true", f"evaluate.judge_path={WORLD_DIR}/world-judge", prompts)
+    run(cfg)
+    out = Path(cfg.paths.output_dir)
+    results = json.loads((out / "eval_results.json").read_text())
+    for evaluation in results["evaluations"]:
+        scores = evaluation["scores"]
+        # Two of the three prompts name the concept: fidelity is a share of their 2 renders (1 seed).
+        for name in ("judge_fidelity", "judge_fidelity@baseline"):
+            assert scores[name] in (0.0, 0.5, 1.0), (name, scores)
+        assert "judge_editability" in scores and "judge_editability@baseline" in scores
+        # The objective is evaluate=demo's, untouched by the judge's presence.
+        assert evaluation["value"] == pytest.approx(scores["clip_t"])
+    acc = ea.EventAccumulator(str(out / "tensorboard"), size_guidance={ea.SCALARS: 0, ea.TENSORS: 0})
+    acc.Reload()
+    assert len(acc.Scalars("eval_demo/judge_fidelity")) == 2
+    table = acc.Tensors("eval_demo/images/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "judge_shape" in table and "judge_background" in table
+
+
 def test_validation_loss_is_deterministic_for_the_same_weights(make_run):
     recipe = LoRATrainingRecipe(make_run(*STEPS, *EVAL), Path(make_run(*STEPS).paths.output_dir))
     recipe.setup()

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from evaluate.loggers import MultiLogger, build_logger
+from evaluate.model_files import check_evaluation_files
 from evaluate.objective import check_objective
 from evaluate.prompts import load_prompts
 from train import data
@@ -69,6 +70,7 @@ def check_run(cfg: RunConfig) -> CheckedRun:
     if cfg.evaluate.enabled:
         prompts = load_prompts(cfg.evaluate)
         check_objective(cfg.evaluate.objective, cfg.evaluate.available_metrics(bool(val_records)))
+        check_evaluation_files(cfg.evaluate)
     # From here on the checks build small torch objects (a second or two to import torch).
     from train import optimizers, schedulers
     from train.models.checks import ensure_model_available

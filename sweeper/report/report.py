@@ -214,7 +214,9 @@ def render_report(ref: StudyRef, out: Path | None = None, top: int = 4) -> Path:
     best_record = (best.user_attrs.get("best") or {}) if best else {}
     comparison = comparison_grid(ranked[:top], names)
     promoted = Registry(ref.cfg.promote.registry, study.study_name).current()
-    demo = any((t.user_attrs.get("best") or {}).get("demo_weights") for t in study.get_trials(deepcopy=False))
+    bests = [t.user_attrs.get("best") or {} for t in study.get_trials(deepcopy=False)]
+    demo = any(b.get("demo_weights") for b in bests)
+    judged = any("judge_fidelity" in b.get("scores", {}) for b in bests)
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True)
     page = env.get_template(TEMPLATE).render(
         study=study.study_name,
@@ -223,6 +225,7 @@ def render_report(ref: StudyRef, out: Path | None = None, top: int = 4) -> Path:
         counts={s.name: len(study.get_trials(deepcopy=False, states=(s,))) for s in TrialState},
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         demo=demo,
+        judged=judged,
         best=best,
         best_values=", ".join(f"{n} {v:.4g}" for n, v in zip(names, best.values, strict=True)) if best else "",
         best_params=display_params(best.params) if best else {},

@@ -1,0 +1,81 @@
+"""Checks of the world's models by the judge: does the base model draw what it is asked, and not the concept?
+
+Renders go through the code a user's model takes: ``load_base_model`` on the
+folder, then the evaluator's ``Renderer`` with an ``EvaluateConfig``'s
+sampler, steps and guidance. The bench (bench/world_validity.py), the build
+and the tests share these.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evaluate.config import EvaluateConfig
+from evaluate.judge import Judge, verdict_scores
+from evaluate.prompts import PromptSpec
+from evaluate.render import Renderer, plan_renders
+from train.data import world
+
+
+def seen_prompts(count: int, seed: int = 0) -> list[str]:
+    """``count`` distinct captions of seen shapes (every shape, colour and background combination, shuffled)."""
+    combos = list(itertools.product(world.SEEN_SHAPES, world.COLOURS, world.BACKGROUNDS))
+    random.Random(seed).shuffle(combos)
+    return [f"a {c} {s} on a {b} background" for s, c, b in combos[:count]]
+
+
+def concept_prompts() -> list[str]:
+    """The concept token in every colour on every background, and with no colour named."""
+    token = world.CONCEPT_TOKEN
+    return [f"a {token} on a {b} background" for b in world.BACKGROUNDS] + [
+        f"a {c} {token} on a {b} background" for c in world.COLOURS for b in world.BACKGROUNDS
+    ]
+
+
+@dataclass
+class Rendered:
+    prompts: list[str]
+    images: list
+
+
+def render(model, cfg: EvaluateConfig, prompts: list[str], seeds: list[int], device: str = "cpu") -> Rendered:
+    """Every prompt at every seed with the LoRA-free model, at ``cfg``'s sampler, steps and guidance."""
+    renderer = Renderer.for_model(model, device=torch.device(device), cfg=cfg, default_size=(world.SIZE, world.SIZE))
+    jobs = plan_renders([PromptSpec(p) for p in prompts], seeds, [], baseline=True)
+    renders = renderer.render(jobs)
+    return Rendered([r.job.prompt.prompt for r in renders], [r.image for r in renders])
+
+
+def label_accuracy(judge: Judge, rendered: Rendered) -> dict[str, float]:
+    """The share of renders whose shape, colour and background the judge reads as the prompt asked."""
+    verdicts = judge(rendered.images)
+    asked = [world.read_prompt(p) for p in rendered.prompts]
+    return {
+        name: float(np.mean([getattr(v, name) == getattr(a, name) for v, a in zip(verdicts, asked, strict=True)]))
+        for name in ("shape", "colour", "background")
+    }
+
+
+def concept_scores(judge: Judge, rendered: Rendered) -> dict[str, float]:
+    return verdict_scores(judge(rendered.images), [world.read_prompt(p) for p in rendered.prompts])
+
+
+@torch.no_grad()
+def round_trip_accuracy(vae, judge: Judge, count: int, seed: int) -> dict[str, float]:
+    """The judge on fresh images after the VAE's encode and decode: does it read the decoder's output?"""
+    from PIL import Image
+
+    scenes = list(world.scenes(seed, count, shapes=world.SHAPES))
+    x = torch.from_numpy(world.to_array([world.render(s) for s in scenes])) * 2 - 1
+    decoded = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mode()).sample.float()
+    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    verdicts = judge([Image.fromarray(p) for p in pixels])
+    return {
+        name: float(np.mean([getattr(v, name) == getattr(s, name) for v, s in zip(verdicts, scenes, strict=True)]))
+        for name in ("shape", "colour", "background")
+    }
