@@ -43,7 +43,7 @@ class BuildSettings:
     judge_steps: int = 1500
     vae_steps: int = 6000
     vae_batch: int = 16
-    base_steps: int = 8000
+    base_steps: int = 6000
     base_batch: int = 64
     base_pool: int = 40000
     clip_steps: int = 2000
