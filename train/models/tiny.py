@@ -34,6 +34,7 @@ from transformers.convert_slow_tokenizer import bytes_to_unicode  # noqa: E402
 from train.atomic import atomic_dir  # noqa: E402
 from train.errors import ModelLoadError  # noqa: E402
 from train.models.checks import diffusers_folder_problems, folder_architecture  # noqa: E402
+from train.models.layouts import clip_text_config, sd_vae  # noqa: E402
 
 MAX_TOKENS = 77
 TEXT_HIDDEN_SIZE = 32
@@ -121,34 +122,11 @@ def _build_sdxl_unet() -> UNet2DConditionModel:
 
 
 def _build_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
-    # Four levels = three 2x downsamples, so 64 px images become 8x8 latents, as in SD.
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
-        layers_per_block=1,
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=64,
-        scaling_factor=scaling_factor,
-    )
+    return sd_vae((8, 16, 16, 16), norm_num_groups=8, scaling_factor=scaling_factor)
 
 
 def _text_config(tokenizer: CLIPTokenizer, hidden_size: int, intermediate_size: int, **extra) -> CLIPTextConfig:
-    return CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=intermediate_size,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_TOKENS,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **extra,
-    )
+    return clip_text_config(tokenizer, hidden_size, intermediate_size, MAX_TOKENS, **extra)
 
 
 def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:

@@ -16,9 +16,10 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+from transformers import CLIPTextModel, CLIPTokenizer  # noqa: E402
 
 from train.config import WORLD_DIR  # noqa: E402
+from train.models.layouts import clip_text_config, sd_vae  # noqa: E402
 from train.models.tiny import SD15_SCHEDULER  # noqa: E402
 from train.models.world_tokenizer import MAX_TOKENS  # noqa: E402
 
@@ -46,35 +47,11 @@ def make_unet() -> UNet2DConditionModel:
 
 
 def make_vae(scaling_factor: float = 0.18215) -> AutoencoderKL:
-    """Three 2x downsamples: 64 px images become 8x8x4 latents, as SD's 512 px become 64x64x4."""
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(16, 32, 64, 64),
-        layers_per_block=1,
-        norm_num_groups=16,
-        latent_channels=LATENT_CHANNELS,
-        sample_size=64,
-        scaling_factor=scaling_factor,
-    )
+    return sd_vae((16, 32, 64, 64), norm_num_groups=16, scaling_factor=scaling_factor, latent_channels=LATENT_CHANNELS)
 
 
 def make_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=TEXT_HIDDEN_SIZE,
-            intermediate_size=4 * TEXT_HIDDEN_SIZE,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=MAX_TOKENS,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-    )
+    return CLIPTextModel(clip_text_config(tokenizer, TEXT_HIDDEN_SIZE, 4 * TEXT_HIDDEN_SIZE, MAX_TOKENS))
 
 
 def make_scheduler() -> DDPMScheduler:
