@@ -8,9 +8,6 @@ model or any score: the judge owes nothing to what it judges.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,8 +15,7 @@ from torch import Tensor
 from evaluate.judge import BACKGROUND_LABELS, COLOUR_LABELS, SHAPE_LABELS, Judge, JudgeNet
 from evaluate.world_degrade import gaussian_blur
 from train.data import world
-
-Progress = Callable[[str, int, int, dict], None]
+from train.models.fitting import Fitting, Progress
 
 
 def soften(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -54,16 +50,10 @@ def train_judge(*, steps: int, batch_size: int, lr: float, seed: int, width: int
     optimizer = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
     net.train()
-    started = time.time()
+    fitting = Fitting("judge", optimizer, schedule, steps, progress=progress)
     for step in range(steps):
         batch = [next(scenes) for _ in range(batch_size)]
         x = soften(torch.from_numpy(world.to_array([world.render(s) for s in batch])), generator)
         targets = _labels(batch)
-        loss = sum(F.cross_entropy(logits, target) for logits, target in zip(net(x), targets, strict=True))
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if progress:
-            progress("judge", step + 1, steps, {"loss": loss.item(), "s": time.time() - started})
+        fitting.step(step, sum(F.cross_entropy(logits, target) for logits, target in zip(net(x), targets, strict=True)))
     return Judge(net.eval())

@@ -11,9 +11,6 @@ the code that reads ``sac+logos+ava1-l14-linearMSE.pth``.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,8 +20,7 @@ from evaluate.clip_scores import l2_normalize
 from evaluate.world_clip import normalise
 from evaluate.world_degrade import CLEAN_SCORE, degrade
 from train.data import world
-
-Progress = Callable[[str, int, int, dict], None]
+from train.models.fitting import Fitting, Progress
 
 
 @torch.no_grad()
@@ -43,17 +39,11 @@ def train_aesthetic(clip, *, steps: int, batch_size: int, lr: float, seed: int,
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     head.train()
-    started = time.time()
+    fitting = Fitting("aesthetic", optimizer, schedule, steps, progress=progress)
     for step in range(steps):
         clean = torch.from_numpy(world.to_array([world.render(next(scenes)) for _ in range(batch_size // 2)]))
         spoilt, spoilt_targets = degrade(clean, g)
         x = torch.cat([clean, spoilt])
         targets = torch.cat([torch.full((len(clean),), CLEAN_SCORE), spoilt_targets])
-        loss = F.mse_loss(head(_embed(clip, x)).squeeze(-1), targets)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if progress:
-            progress("aesthetic", step + 1, steps, {"loss": loss.item(), "s": time.time() - started})
+        fitting.step(step, F.mse_loss(head(_embed(clip, x)).squeeze(-1), targets))
     return head.eval()

@@ -20,8 +20,6 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import random  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -30,6 +28,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor, CLIPTokenizer  # 
 
 from evaluate.world_degrade import DEGRADATIONS, WORDS  # noqa: E402
 from train.data import world  # noqa: E402
+from train.models.fitting import Fitting, Progress  # noqa: E402
 from train.models.world_tokenizer import MAX_TOKENS  # noqa: E402
 
 try:  # transformers 5 without torchvision; the explicit class also silences the fallback warning
@@ -37,7 +36,6 @@ try:  # transformers 5 without torchvision; the explicit class also silences the
 except ImportError:  # transformers 4.x
     from transformers import CLIPImageProcessor as _ImageProcessor
 
-Progress = Callable[[str, int, int, dict], None]
 PATCH_SIZE = 8
 HIDDEN_SIZE = 64
 PROJECTION_DIM = 64
@@ -112,7 +110,7 @@ def train_clip(model: CLIPModel, tokenizer: CLIPTokenizer, *, steps: int, batch_
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.05)
     model.train()
-    started = time.time()
+    fitting = Fitting("clip", optimizer, schedule, steps, clip_params=model.parameters(), progress=progress)
     for step in range(steps):
         batch = [next(scenes) for _ in range(batch_size)]
         pixels, captions, flaws = _batch(batch, words, g, flawed)
@@ -122,14 +120,7 @@ def train_clip(model: CLIPModel, tokenizer: CLIPTokenizer, *, steps: int, batch_
         text = model.get_text_features(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
         image, text = (getattr(f, "pooler_output", f) for f in (image, text))
         fits = torch.tensor([[describes(c, scene, flaw) for c in captions] for scene, flaw in zip(batch, flaws, strict=True)])
-        loss = contrastive_loss(image, text, fits, model.logit_scale)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        fitting.step(step, contrastive_loss(image, text, fits, model.logit_scale))
         with torch.no_grad():
             model.logit_scale.clamp_(0, 4.6052)  # CLIP's cap: a temperature of 1/100
-        if progress:
-            progress("clip", step + 1, steps, {"loss": loss.item(), "s": time.time() - started})
     return model.eval().requires_grad_(False)

@@ -14,17 +14,15 @@ import copy
 import logging
 import math
 import random
-import time
-from collections.abc import Callable
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from train.data import world
+from train.models.fitting import Fitting, Progress
 
 log = logging.getLogger(__name__)
-Progress = Callable[[str, int, int, dict], None]
 
 
 def _images(scenes) -> torch.Tensor:
@@ -54,21 +52,14 @@ def train_vae(
     optimizer = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _cosine_lr(s, steps, steps // 20))
     vae.train()
-    started = time.time()
+    fitting = Fitting("vae", optimizer, schedule, steps, clip_params=vae.parameters(), progress=progress)
     for step in range(steps):
         x = _images([next(scenes) for _ in range(batch_size)])
         posterior = vae.encode(x).latent_dist
         y = vae.decode(posterior.sample()).sample
         reconstruction = (y - x).abs().mean() + (y - x).pow(2).mean() + _edge_loss(y, x)
         kl = posterior.kl().mean() / x[0].numel()
-        loss = reconstruction + 1e-4 * kl
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if progress:
-            progress("vae", step + 1, steps, {"loss": reconstruction.item(), "s": time.time() - started})
+        fitting.step(step, reconstruction + 1e-4 * kl, shown=reconstruction)
     return vae.eval().requires_grad_(False)
 
 
@@ -130,7 +121,7 @@ def train_base(
     ema = [copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)]
     unet.train()
     text_encoder.train()
-    started = time.time()
+    fitting = Fitting("base", optimizer, schedule, steps, clip_params=params, progress=progress)
     for step in range(steps):
         index = torch.randint(0, pool_size, (batch_size,), generator=generator)
         latents = (means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)) * scale
@@ -143,17 +134,10 @@ def train_base(
         states = text_encoder(tokens).last_hidden_state
         prediction = unet(noisy, timesteps, states).sample
         weights = torch.clamp(snr[timesteps], max=min_snr_gamma) / snr[timesteps]
-        loss = ((prediction - noise).pow(2).mean(dim=(1, 2, 3)) * weights).mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
+        fitting.step(step, ((prediction - noise).pow(2).mean(dim=(1, 2, 3)) * weights).mean())
         with torch.no_grad():
             decay = min(ema_decay, (1 + step) / (10 + step))
             for average, live in zip(ema, (unet, text_encoder), strict=True):
                 for a, p in zip(average.parameters(), live.parameters(), strict=True):
                     a.lerp_(p, 1 - decay)
-        if progress:
-            progress("base", step + 1, steps, {"loss": loss.item(), "s": time.time() - started})
     return ema[0].eval(), ema[1].eval()
