@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
 import numpy as np
 import pytest
@@ -94,13 +95,25 @@ def test_the_concept_dataset_is_one_colour_one_background_in_kohya_layout(tmp_pa
         world.make_concept_dataset(tmp_path / "file", num_images=2, seed=0)
 
 
-def test_the_tokenizer_knows_the_worlds_words_and_not_the_concept_token():
+def test_the_tokenizer_knows_the_worlds_words_and_splits_words_it_never_saw():
     from train.models.world_tokenizer import build_world_tokenizer
 
     tokenizer = build_world_tokenizer()
     words = [*world.SHAPES, *world.COLOURS, *world.BACKGROUNDS, "background", "on", "a"]
     assert all(len(tokenizer.tokenize(w)) == 1 for w in words)
-    assert len(tokenizer.tokenize(world.CONCEPT_TOKEN)) > 1  # a rare word falls apart, as in CLIP
+    assert len(tokenizer.tokenize("qwfp")) > 1  # a word outside the vocabulary falls apart, as in CLIP
     ids = tokenizer("a red circle").input_ids
     assert ids[0] == tokenizer.bos_token_id and ids[-1] == tokenizer.eos_token_id
     assert tokenizer.model_max_length == 77
+
+
+def test_the_concept_token_is_one_rare_token_no_caption_uses():
+    from train.models.world_tokenizer import build_world_tokenizer
+
+    tokenizer = build_world_tokenizer()
+    for token in world.RARE_TOKENS:
+        assert tokenizer.tokenize(f"a {token} on a grey background")[1] == f"{token}</w>"
+    rng = random.Random(0)
+    captions = [world.describe(scene, rng, rare_words=1.0) for scene in world.scenes(5, 3000)]
+    pieces = {piece for caption in captions for piece in tokenizer.tokenize(caption)}
+    assert not pieces & {f"{token}</w>" for token in world.RARE_TOKENS}

@@ -55,6 +55,10 @@ MAX_ROTATION = 15.0  # degrees either way
 CONCEPT_COLOUR = "yellow"
 CONCEPT_BACKGROUND = "grey"
 CONCEPT_TOKEN = "sks"
+# Whole-word tokens of the world's vocabulary that no caption ever uses, as SD's CLIP vocabulary holds
+# "sks" and other rare words: one token each, whose embedding the base model never trained, free for a
+# concept to take. A rare word the tokenizer splits into common pieces would have no token of its own.
+RARE_TOKENS = (CONCEPT_TOKEN, "ohwx", "zkq", "vqx")
 
 
 @dataclass(frozen=True)
@@ -183,10 +187,11 @@ NOISE_LETTERS = "bcdfghjklmnpqrstvwxz"
 
 
 def _rare_word(rng: random.Random) -> str:
-    """A word the world never says (as web captions carry names and typos); never the concept token."""
+    """A word the world never says (as web captions carry names and typos); never holding a rare token,
+    which would teach the base model what that token means."""
     while True:
         word = "".join(rng.choice(NOISE_LETTERS) for _ in range(rng.randint(2, 5)))
-        if word != CONCEPT_TOKEN:
+        if not any(token in word for token in RARE_TOKENS):
             return word
 
 

@@ -2,9 +2,10 @@
 
 It is a plain ``CLIPTokenizer`` (vocab.json + merges.txt), saved and loaded as
 a real CLIP tokenizer is. The merges are learned by BPE (most frequent pair
-first) from the words the world's captions use plus a few common English
-ones, so a world word is one token and a word the world never uses, such as
-the concept token ``sks``, falls apart into pieces, as a rare word does in CLIP.
+first) from the words the world's captions use, a few common English ones and
+the world's rare tokens (``sks`` among them, as in CLIP's vocabulary), so each
+of those is one token; any other word falls apart into pieces, as a word
+CLIP never saw does.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def corpus() -> collections.Counter:
     for scene in world.scenes(seed=0, count=4000, shapes=world.SHAPES):
         counts.update(world.caption(scene).split())
     counts.update(COMMON_WORDS)
+    counts.update(world.RARE_TOKENS)  # in the vocabulary, never in a caption
     return counts
 
 
