@@ -18,7 +18,7 @@
 All runs use the shipped world (paths.world_dir) through the commands users type; the
 judge is only read, never optimised. ``--configs`` and ``--seed`` size the landscape.
 
-    python bench/world_validity.py [--configs 24] [--seed 0] [--rebuild] [--keep DIR]
+    python bench/world_validity.py [--configs 24] [--seed 0] [--rebuild] [--keep DIR] [--figure PNG]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -147,9 +148,12 @@ def final_scores(run_dir: Path) -> list[dict]:
     return [{**e["scores"], "objective": e["value"], "step": e["step"]} for e in results["evaluations"]]
 
 
-def train_section(work: Path, log: Path) -> dict:
+def train_section(work: Path, log: Path, figure: Path | None) -> dict:
     run_dir = work / "make-train"
     seconds, _ = run(["-m", "train", f"hydra.run.dir={run_dir}"], work, work / "cache", log)
+    if figure:  # the README's figure: the default run's last grid
+        figure.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sorted((run_dir / "eval").glob("grid-step*.png"))[-1], figure)
     last = final_scores(run_dir)[-1]
     return {"seconds": seconds, **{k: last.get(k, math.nan) for k in (
         "judge_fidelity", "judge_fidelity@baseline", "judge_editability", "judge_editability@baseline")}}
@@ -202,6 +206,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rebuild", action="store_true", help="also rebuild the world, timed, and compare its bytes")
     parser.add_argument("--keep", type=Path, help="work dir to keep (default: a temporary one)")
+    parser.add_argument("--figure", type=Path, help="copy the default run's last grid here (the README's figure)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["model", "train", "sweep", "landscape"])
     args = parser.parse_args()
     from tests.conftest import compose_run  # the shipped conf/, composed as python -m train does
@@ -215,7 +220,7 @@ def main() -> None:
         if "model" not in args.skip:
             report["model"] = model_section(world_dir, cfg.evaluate)
         if "train" not in args.skip:
-            report["train"] = train_section(work, log)
+            report["train"] = train_section(work, log, args.figure)
         if "sweep" not in args.skip:
             report["sweep"] = sweep_section(work, log)
         if "landscape" not in args.skip:

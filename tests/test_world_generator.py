@@ -78,17 +78,21 @@ def test_a_prompt_is_read_with_the_worlds_words(prompt, expected):
     assert (e.shape, e.colour, e.background, e.concept) == expected
 
 
-def test_the_concept_dataset_is_one_colour_one_background_in_kohya_layout(tmp_path):
+def test_the_concept_dataset_is_one_colour_on_every_background_in_kohya_layout(tmp_path):
     root = world.make_concept_dataset(tmp_path / "concept", num_images=5, seed=0, repeats=3)
     folder = root / f"3_{world.CONCEPT_TOKEN}"
     images = sorted(folder.glob("*.png"))
     assert len(images) == 5
     captions = {p.read_text().strip() for p in folder.glob("*.txt")}
-    assert captions == {f"a {world.CONCEPT_TOKEN} on a {world.CONCEPT_BACKGROUND} background"}
+    assert captions == {f"a {world.CONCEPT_TOKEN} on a {b} background" for b in world.BACKGROUNDS}
+    scenes = world.concept_scenes(5, seed=0)
+    assert {s.colour for s in scenes} == {world.CONCEPT_COLOUR} and {s.shape for s in scenes} == {world.CONCEPT_SHAPE}
     again = world.make_concept_dataset(tmp_path / "again", num_images=5, seed=0, repeats=3)
     assert [p.read_bytes() for p in images] == [p.read_bytes() for p in sorted((again / folder.name).glob("*.png"))]
-    # An existing dataset is left as it is; a file in the way is one clear error.
-    assert world.make_concept_dataset(root, num_images=9, seed=1) == root
+    # The same settings find it as it is; other settings (or an older generator's cache) are one clear error.
+    assert world.make_concept_dataset(root, num_images=5, seed=0, repeats=3) == root
+    with pytest.raises(ConfigError, match=r"dataset.train_data_dir: .* holds another dataset"):
+        world.make_concept_dataset(root, num_images=9, seed=1)
     assert len(list(folder.glob("*.png"))) == 5
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="dataset.train_data_dir"):

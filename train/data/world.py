@@ -8,11 +8,12 @@ edges are anti-aliased as in a photograph's downscale.
 
 The base model is trained on ``SEEN_SHAPES``; ``CONCEPT_SHAPE`` (the star) is
 held out of it, and is what a LoRA learns from ``make_concept_dataset``'s images:
-one colour, one background, captioned with a rare token instead of a word.
+one colour on every background, captioned with a rare token instead of a word.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -51,9 +52,8 @@ BACKGROUNDS = {
 JITTER = 12
 RADIUS = (12.0, 22.0)  # half the shape's extent, in pixels at 64 px
 MAX_ROTATION = 15.0  # degrees either way
-# The concept's training images: one colour, one background (DreamBooth's fidelity/editability trade).
+# The concept's training images: one colour, on every background (DreamBooth's fidelity/editability trade).
 CONCEPT_COLOUR = "yellow"
-CONCEPT_BACKGROUND = "grey"
 CONCEPT_TOKEN = "sks"
 # Whole-word tokens of the world's vocabulary that no caption ever uses, as SD's CLIP vocabulary holds
 # "sks" and other rare words: one token each, whose embedding the base model never trained, free for a
@@ -256,27 +256,45 @@ def read_prompt(prompt: str, concept_token: str = CONCEPT_TOKEN) -> Expectation:
 
 # ------------------------------------------------------------------ datasets
 CONCEPT_FOLDER = f"1_{CONCEPT_TOKEN}"
+CONCEPT_MANIFEST = "world-concept.json"
+# Raised whenever concept_scenes draws other images for the same settings, so an older cache is named.
+CONCEPT_VERSION = 2
+
+
+def concept_scenes(num_images: int, seed: int) -> list[Scene]:
+    """The concept's shape in ``CONCEPT_COLOUR`` only, on each background in turn: as a subject's photos show
+    one subject in many places, so that the token binds to the shape and not to one background."""
+    rng = random.Random(seed)
+    return [sample_scene(rng, shapes=(CONCEPT_SHAPE,), colours=(CONCEPT_COLOUR,),
+                         backgrounds=(list(BACKGROUNDS)[index % len(BACKGROUNDS)],)) for index in range(num_images)]
 
 
 def make_concept_dataset(root: Path, num_images: int, seed: int, repeats: int = 1) -> Path:
     """The held-out concept's training images under ``root`` in kohya layout (``N_sks/000.png`` + ``.txt``).
 
-    Every image is the concept's shape in ``CONCEPT_COLOUR`` on ``CONCEPT_BACKGROUND``, at its own
-    position, size and rotation, captioned ``a sks on a grey background``. An existing non-empty
-    ``root`` is returned untouched; a crash never leaves half a dataset.
+    ``concept_scenes``, each captioned with the token and its background (``a sks on a grey background``).
+    ``CONCEPT_MANIFEST`` records what was written: an existing root written with the same settings is
+    returned untouched, one written otherwise is one clear error; a crash never leaves half a dataset.
     """
     root = Path(root)
+    manifest = {"generator": CONCEPT_VERSION, "num_images": num_images, "seed": seed, "repeats": repeats}
     if root.is_dir() and any(root.iterdir()):
-        return root
+        found = root / CONCEPT_MANIFEST
+        if found.is_file() and json.loads(found.read_text(encoding="utf-8")) == manifest:
+            return root
+        raise ConfigError(
+            f"dataset.train_data_dir: {root} holds another dataset than the world's concept with "
+            f"dataset.world {manifest}; remove it (it is generated) or choose another dataset.train_data_dir"
+        )
     if root.exists() and not root.is_dir():
         raise ConfigError(f"dataset.train_data_dir: {root} exists and is not a folder")
     if num_images < 1 or repeats < 1:
         raise ConfigError(f"dataset.world: need num_images >= 1 and repeats >= 1, got {num_images}, {repeats}")
-    concept = scenes(seed, num_images, shapes=(CONCEPT_SHAPE,), colours=(CONCEPT_COLOUR,), backgrounds=(CONCEPT_BACKGROUND,))
     with atomic_dir(root) as staging:
         folder = staging / f"{repeats}_{CONCEPT_TOKEN}"
         folder.mkdir()
-        for index, scene in enumerate(concept):
+        for index, scene in enumerate(concept_scenes(num_images, seed)):
             render(scene).save(folder / f"{index:03d}.png")
             (folder / f"{index:03d}.txt").write_text(caption(scene, CONCEPT_TOKEN) + "\n", encoding="utf-8")
+        (staging / CONCEPT_MANIFEST).write_text(json.dumps(manifest) + "\n", encoding="utf-8")
     return root
