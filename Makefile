@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 # make report SWEEP="sweep=lr_dim hydra.sweeper.storage=postgresql://..."; the newest sweep dir is used.
 SWEEP ?= sweep=demo
 
-.PHONY: help install browser train sweep status report promote dashboard test lint bench clean
+.PHONY: help install browser train sweep status report promote dashboard world test lint bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	PIP_CONSTRAINT=$(VENV)/constraints.txt $(PY) -m pip install -q -e ".[dev,ray]"
 	touch $(STAMP)
 
-train: install  ## one training run on the embedded default (tiny model, synthetic data, CPU); ARGS="key=value ..."
+train: install  ## one training run on the embedded default (the world's model learns its new concept, CPU); ARGS="key=value ..."
 	$(PY) -m train $(ARGS)
 
 sweep: install  ## the main job: an Optuna study on the embedded default (2 CPU slots, pruning); ARGS="sweep=lr_dim ..."
@@ -47,6 +47,9 @@ promote: install  ## copy the best trial's best checkpoint to promoted/<study>/ 
 dashboard: install  ## optuna-dashboard on the newest sweep's study, at http://127.0.0.1:8080
 	$(PY) -m sweeper dashboard $(SWEEP) $(ARGS)
 
+world: install  ## rebuild the world's shipped models into train/models/assets (about an hour on 2 cores); ARGS="--parts clip ..."
+	$(PY) -m evaluate.world_build $(ARGS)
+
 # The report test drives a real Chromium. As root with apt, Debian's package is installed here;
 # elsewhere the test says it was skipped and why (it fails under CI=true instead).
 browser:  ## Debian's chromium for the report's browser test (as root, when missing)
@@ -63,12 +66,13 @@ test: install browser  ## the whole test suite
 lint: install  ## ruff over the code
 	$(PY) -m ruff check train evaluate sweeper hydra_plugins tests bench
 
-bench: install  ## tables: training (uncached vs cached), renders (batched vs one per call), sweep overhead (workers, pruning), local vs Ray, time to an error message
+bench: install  ## tables: training (uncached vs cached), renders (batched vs one per call), sweep overhead (workers, pruning), local vs Ray, time to an error message, the world's validity
 	$(PY) bench/train_throughput.py
 	$(PY) bench/eval_throughput.py
 	$(PY) bench/sweep_overhead.py
 	$(PY) bench/sweep_backends.py
 	$(PY) bench/error_latency.py
+	$(PY) bench/world_validity.py
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache .pytest_cache

@@ -11,6 +11,9 @@ from hydra import compose, initialize_config_dir
 from train.config import RunConfig, register_configs
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# The machinery's tests run on the tiny random-weight stack (seconds per run, no meaning needed); the
+# embedded default is the world (model=world, dataset=world, evaluate=world), which its own tests choose.
+FAST_STACK = {"model": "tiny", "dataset": "synthetic", "evaluate": "demo"}
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 register_configs()
@@ -32,14 +35,22 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
     return build_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
 
-def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path) -> RunConfig:
-    """Compose conf/config.yaml with overrides, as `python -m train` would, and type-check it."""
+def on_fast_stack(args) -> list[str]:
+    """``args`` with the fast stack's group choices for the groups they do not choose themselves."""
+    chosen = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
+    return [f"{group}={option}" for group, option in FAST_STACK.items() if group not in chosen] + list(args)
+
+
+def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path, fast: bool = True) -> RunConfig:
+    """Compose conf/config.yaml with overrides, as `python -m train` would, and type-check it; ``fast``: on
+    the fast stack for the groups the overrides do not choose."""
     from train.__main__ import to_run_config
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             config_name="config",
-            overrides=[f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}", *overrides],
+            overrides=[f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}",
+                       *(on_fast_stack(overrides) if fast else overrides)],
         )
     return to_run_config(cfg)
 
@@ -66,7 +77,7 @@ def compose_score(overrides: list[str], output_dir: Path, cache_dir: Path):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(
             config_name="score",
-            overrides=[f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}", *overrides],
+            overrides=[f"paths.output_dir={output_dir}", f"paths.cache_dir={cache_dir}", *on_fast_stack(overrides)],
         )
     return to_run_config(cfg)
 

@@ -18,7 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep_args(tiny_model_dir: Path, sweep_dir: Path, *extra: str, logger: str = "none") -> list[str]:
+    from tests.conftest import FAST_STACK
+
     return [
+        *(f"{group}={option}" for group, option in FAST_STACK.items() if not any(e.startswith(f"{group}=") for e in extra)),
         "-m",
         "sweep=demo",
         f"model.path={tiny_model_dir}",

@@ -9,12 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import on_fast_stack
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run_cli(*args: str, cwd: Path, cache: Path, module: str = "train") -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, cache: Path, module: str = "train", fast: bool = True
+) -> subprocess.CompletedProcess:
+    """``python -m module args``; ``fast``: on the tiny stack unless the args choose their groups (conftest)."""
     env = {**os.environ, "LORA_SWEEP_CACHE": str(cache), "PYTHONPATH": str(ROOT)}
+    if fast and module in ("train", "evaluate"):
+        args = tuple(on_fast_stack(args))
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )

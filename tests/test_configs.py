@@ -65,7 +65,34 @@ def test_missing_mandatory_path_names_the_key(tmp_path):
         compose_run(["model=sd15"], tmp_path / "out", tmp_path / "cache")
 
 
-def test_default_run_points_at_the_embedded_demo(tmp_path):
-    cfg = compose_run([], tmp_path / "out", tmp_path / "cache")
-    assert cfg.model.build_tiny and Path(cfg.model.path).parent == tmp_path / "cache" / "models"
-    assert cfg.dataset.synthetic.enabled and cfg.train.device == "auto"
+def test_the_default_run_is_the_world_and_the_tests_fast_stack_the_tiny_model(tmp_path):
+    cfg = compose_run([], tmp_path / "out", tmp_path / "cache", fast=False)
+    assert (cfg.model.name, cfg.dataset.name, cfg.evaluate.name) == ("world", "world", "world")
+    assert cfg.dataset.world.enabled and cfg.evaluate.judge_path and not cfg.model.build_tiny
+    assert cfg.train.device == "auto"
+    fast = compose_run([], tmp_path / "out", tmp_path / "cache")
+    assert fast.model.build_tiny and Path(fast.model.path).parent == tmp_path / "cache" / "models"
+    assert fast.dataset.synthetic.enabled
+
+
+@pytest.mark.parametrize(
+    ("overrides", "learning_rate", "specialised"),
+    [
+        ([], 2e-3, True),  # model_optimizer/world_adamw.yaml
+        (["optimizer=prodigy"], 1.0, False),  # no world_prodigy: the group's own
+        (["model=tiny", "dataset=synthetic", "evaluate=demo"], 1e-4, False),  # no tiny_adamw
+        (["optimizer.learning_rate=3e-4"], 3e-4, True),  # the command line wins over the specialization
+        (["~model_optimizer"], 1e-4, False),
+    ],
+)
+def test_a_model_optimizer_specialization_applies_only_to_its_pair(overrides, learning_rate, specialised, tmp_path):
+    cfg = compose_run(overrides, tmp_path / "out", tmp_path / "cache", fast=False)
+    assert cfg.optimizer.learning_rate == pytest.approx(learning_rate)
+    assert (cfg.network.conv_dim == 8, cfg.network.train_text_encoder) == (specialised, specialised)
+    assert cfg.train.max_train_steps == (1000 if specialised else 200)
+
+
+def test_a_sweep_preset_wins_over_the_specialization(tmp_path):
+    cfg = compose_run(["sweep=demo"], tmp_path / "out", tmp_path / "cache", fast=False)
+    assert cfg.train.max_train_steps == 200 and cfg.evaluate.every_n_steps == 100
+    assert cfg.network.conv_dim == 8  # what the preset does not set stays the specialization's

@@ -1,6 +1,9 @@
-"""The world's groups as a user runs them: bad input is one message before any model loads."""
+"""The world's groups as a user runs them: bad input is one message before any model loads, and the
+embedded default's LoRA learns the concept, by the judge."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -28,3 +31,24 @@ def test_bad_input_to_the_world_groups_is_one_message_before_any_model_loads(tmp
     result = run_cli(*groups, *args, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, cache=tmp_path / "cache")
     assert_one_message(result, message)
     assert "Loading" not in result.stderr  # neither the base model nor the CLIP was read
+
+
+def test_a_short_lora_run_on_the_default_draws_the_concept_the_base_model_never_drew(tmp_path):
+    """The embedded default as ``make train`` runs it, cut to 600 of its 1000 steps and one evaluation to bound
+    the time (bench/world_validity.py measures the whole run)."""
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "logger=none", "train.max_train_steps=600", "train.save_every_n_steps=null", "evaluate.every_n_steps=null",
+        f"hydra.run.dir={run_dir}", cwd=tmp_path, cache=tmp_path / "cache", fast=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((run_dir / "eval_results.json").read_text())
+    assert results["demo_weights"] is False
+    final = results["evaluations"][-1]["scores"]
+    assert final["judge_fidelity@baseline"] <= 0.1, final
+    assert final["judge_fidelity"] >= final["judge_fidelity@baseline"] + 0.2, final
+    for name in ("clip_t", "clip_i", "aesthetic", "val_loss", "judge_editability"):
+        assert name in final
+    # The verdicts are logged where the scores are: the run's summary holds the best evaluation's.
+    summary = json.loads((run_dir / "train_summary.json").read_text())
+    assert "judge_fidelity" in json.dumps(summary)
