@@ -38,7 +38,8 @@ def tiny_sdxl_dir(tmp_path_factory) -> Path:
 def on_fast_stack(args) -> list[str]:
     """``args`` with the fast stack's group choices for the groups they do not choose themselves."""
     chosen = {a.split("=", 1)[0].lstrip("+~") for a in args if "=" in a}
-    return [f"{group}={option}" for group, option in FAST_STACK.items() if group not in chosen] + list(args)
+    # After the args: flags such as -m come first on a command line, and a group choice's place does not matter.
+    return list(args) + [f"{group}={option}" for group, option in FAST_STACK.items() if group not in chosen]
 
 
 def compose_run(overrides: list[str], output_dir: Path, cache_dir: Path, fast: bool = True) -> RunConfig:

@@ -21,8 +21,8 @@ def sweep_args(tiny_model_dir: Path, sweep_dir: Path, *extra: str, logger: str =
     from tests.conftest import FAST_STACK
 
     return [
-        *(f"{group}={option}" for group, option in FAST_STACK.items() if not any(e.startswith(f"{group}=") for e in extra)),
         "-m",
+        *(f"{group}={option}" for group, option in FAST_STACK.items() if not any(e.startswith(f"{group}=") for e in extra)),
         "sweep=demo",
         f"model.path={tiny_model_dir}",
         f"hydra.sweep.dir={sweep_dir}",

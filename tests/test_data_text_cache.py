@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import on_fast_stack
 from tests.data_helpers import dataset_config, write_captioned
 from train.data import read_blueprints, scan_records, text_cache_problems
 
@@ -81,7 +82,7 @@ def test_cli_stops_before_any_model_with_both_keys(tmp_path):
         f"hydra.run.dir={tmp_path / 'run'}",
     ]
     result = subprocess.run(
-        [sys.executable, "-m", "train", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "train", *on_fast_stack(args)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "train.cache_text_encoder_outputs" in result.stderr and "shuffle_caption" in result.stderr
