@@ -30,6 +30,13 @@ def sweep_args(tiny_model_dir: Path, sweep_dir: Path, *extra: str, logger: str =
         "evaluate.every_n_steps=3",
         "evaluate.num_inference_steps=2",
         f"logger={logger}",
+        # The machinery's checks read the validation loss, which falls on the tiny model (its CLIP is random).
+        "hydra.sweeper.direction=minimize",
+        "hydra.sweeper.report=val_loss",
+        "evaluate.objective.metrics={clip_t:0.0,val_loss:1.0}",
+        "evaluate.objective.direction=minimize",
+        "evaluate.seeds=[0]",
+        "evaluate.baseline=false",
         *extra,
     ]
 
