@@ -33,7 +33,8 @@ def sweep_args(tiny_model_dir: Path, sweep_dir: Path, *extra: str, logger: str =
         # The machinery's checks read the validation loss, which falls on the tiny model (its CLIP is random).
         "hydra.sweeper.direction=minimize",
         "hydra.sweeper.report=val_loss",
-        "evaluate.objective.metrics={clip_t:0.0,val_loss:1.0}",
+        "evaluate.objective.metrics.clip_t=0.0",
+        "+evaluate.objective.metrics.val_loss=1.0",
         "evaluate.objective.direction=minimize",
         "evaluate.seeds=[0]",
         "evaluate.baseline=false",
