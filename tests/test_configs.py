@@ -78,14 +78,17 @@ def test_the_default_run_is_the_world_and_the_tests_fast_stack_the_tiny_model(tm
 @pytest.mark.parametrize(
     ("overrides", "learning_rate", "specialised"),
     [
-        ([], 2e-3, True),  # model_optimizer/world_adamw.yaml
-        (["optimizer=prodigy"], 1.0, False),  # no world_prodigy: the group's own
-        (["model=tiny", "dataset=synthetic", "evaluate=demo"], 1e-4, False),  # no tiny_adamw
+        ([], 2e-3, True),  # tuned/world_adamw_lora.yaml
+        (["optimizer=prodigy"], 1.0, False),  # no world_prodigy_lora: the group's own
+        (["model=tiny", "dataset=synthetic", "evaluate=demo"], 1e-4, False),  # no tiny_adamw_lora
         (["optimizer.learning_rate=3e-4"], 3e-4, True),  # the command line wins over the specialization
-        (["~model_optimizer"], 1e-4, False),
+        (["network=dora"], 1e-4, False),  # no world_adamw_dora
+        (["~tuned"], 1e-4, False),
     ],
 )
-def test_a_model_optimizer_specialization_applies_only_to_its_pair(overrides, learning_rate, specialised, tmp_path):
+def test_a_tuned_specialization_applies_only_to_its_model_optimizer_and_network(
+    overrides, learning_rate, specialised, tmp_path
+):
     cfg = compose_run(overrides, tmp_path / "out", tmp_path / "cache", fast=False)
     assert cfg.optimizer.learning_rate == pytest.approx(learning_rate)
     assert (cfg.network.conv_dim == 8, cfg.network.train_text_encoder) == (specialised, specialised)

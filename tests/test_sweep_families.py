@@ -7,6 +7,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+from tests.conftest import on_fast_stack
 from tests.sweeps import load, run_sweep
 
 
@@ -27,7 +28,7 @@ def test_the_network_sweep_trains_each_family_in_one_study(tiny_model_dir, tmp_p
         "evaluate.seeds=[0]",
         "logger=none",
     ]
-    result = run_sweep(args, tmp_path, tmp_path / "cache")
+    result = run_sweep(on_fast_stack(args), tmp_path, tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     best_line = next(line for line in result.stderr.splitlines() if "best trial" in line)
     assert "network=" in best_line and "|" not in best_line  # params by config key, not Optuna's block names
