@@ -96,3 +96,19 @@ def test_validation_split_is_deterministic_per_dataset_and_keeps_reg_images(tmp_
     assert not any(r.subset.is_reg for r in val) and len(train) + len(val) == len(records)
     assert split_validation(records, 0.2, seed=3) == (train, val)
     assert split_validation(records, 0.0, seed=3) == (records, [])
+
+
+def test_the_validation_split_does_not_depend_on_where_the_dataset_lives():
+    """The same folder at two places (two machines, two cache dirs) holds out the same images."""
+    from pathlib import Path
+
+    from train.data.records import ImageRecord
+    from train.data.sources import Subset
+    from train.data.split import split_validation
+
+    def held_out(root: str) -> list[str]:
+        subset = Subset(image_dir=Path(root) / "1_sks")
+        records = [ImageRecord(subset.image_dir / f"{i:03d}.png", "c", subset, 0, (64, 64), (64, 64)) for i in range(16)]
+        return [r.path.name for r in split_validation(records, 0.25, seed=0)[1]]
+
+    assert held_out("/home/a/.cache/lora_sweep/data/world-concept") == held_out("/tmp/ci/cache/data/world-concept")

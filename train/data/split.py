@@ -1,7 +1,8 @@
 """Hold out a fraction of the images for the validation loss (kohya's validation_split).
 
-The choice depends only on (validation_seed, image path), so a run with or
-without evaluation trains on exactly the same images.
+The choice depends only on (validation_seed, the image's path within its
+subset's folder), so a run with or without evaluation trains on exactly the
+same images, wherever the dataset lives (another machine, another cache dir).
 """
 
 from __future__ import annotations
@@ -12,8 +13,15 @@ import math
 from train.data.records import ImageRecord
 
 
+def _within_subset(record: ImageRecord) -> str:
+    root = record.subset.image_dir
+    if root is not None and record.path.is_relative_to(root):
+        return record.path.relative_to(root).as_posix()
+    return record.path.name  # a fine-tuning subset whose metadata names absolute paths
+
+
 def _rank(seed: int, record: ImageRecord) -> str:
-    return hashlib.sha256(f"{seed}:{record.path}".encode()).hexdigest()
+    return hashlib.sha256(f"{seed}:{_within_subset(record)}".encode()).hexdigest()
 
 
 def split_validation(
