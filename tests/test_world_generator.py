@@ -94,6 +94,10 @@ def test_the_concept_dataset_is_one_colour_on_every_background_in_kohya_layout(t
     with pytest.raises(ConfigError, match=r"dataset.train_data_dir: .* holds another dataset"):
         world.make_concept_dataset(root, num_images=9, seed=1)
     assert len(list(folder.glob("*.png"))) == 5
+    # A manifest that is not JSON (a crash of another tool, a hand edit) is the same one message.
+    (root / world.CONCEPT_MANIFEST).write_bytes(b"{\"generator\": 2, \xff")
+    with pytest.raises(ConfigError, match=r"dataset.train_data_dir: .* holds another dataset"):
+        world.make_concept_dataset(root, num_images=5, seed=0, repeats=3)
     (tmp_path / "file").write_text("x")
     with pytest.raises(ConfigError, match="dataset.train_data_dir"):
         world.make_concept_dataset(tmp_path / "file", num_images=2, seed=0)

@@ -269,6 +269,14 @@ def concept_scenes(num_images: int, seed: int) -> list[Scene]:
                          backgrounds=(list(BACKGROUNDS)[index % len(BACKGROUNDS)],)) for index in range(num_images)]
 
 
+def _read_manifest(path: Path) -> dict | None:
+    """The manifest a concept folder was written with; None where it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: bad JSON and bad UTF-8 alike
+        return None
+
+
 def make_concept_dataset(root: Path, num_images: int, seed: int, repeats: int = 1) -> Path:
     """The held-out concept's training images under ``root`` in kohya layout (``N_sks/000.png`` + ``.txt``).
 
@@ -279,8 +287,7 @@ def make_concept_dataset(root: Path, num_images: int, seed: int, repeats: int = 
     root = Path(root)
     manifest = {"generator": CONCEPT_VERSION, "num_images": num_images, "seed": seed, "repeats": repeats}
     if root.is_dir() and any(root.iterdir()):
-        found = root / CONCEPT_MANIFEST
-        if found.is_file() and json.loads(found.read_text(encoding="utf-8")) == manifest:
+        if _read_manifest(root / CONCEPT_MANIFEST) == manifest:
             return root
         raise ConfigError(
             f"dataset.train_data_dir: {root} holds another dataset than the world's concept with "
