@@ -18,11 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def sweep_args(tiny_model_dir: Path, sweep_dir: Path, *extra: str, logger: str = "none") -> list[str]:
-    from tests.conftest import FAST_STACK
+    from tests.conftest import on_fast_stack
 
-    return [
+    return on_fast_stack([
         "-m",
-        *(f"{group}={option}" for group, option in FAST_STACK.items() if not any(e.startswith(f"{group}=") for e in extra)),
         "sweep=demo",
         f"model.path={tiny_model_dir}",
         f"hydra.sweep.dir={sweep_dir}",
@@ -39,7 +38,7 @@ def sweep_args(tiny_model_dir: Path, sweep_dir: Path, *extra: str, logger: str =
         "evaluate.seeds=[0]",
         "evaluate.baseline=false",
         *extra,
-    ]
+    ])
 
 
 def start_sweep(args: list[str], cwd: Path, cache: Path, cpus: set[int] | None = None) -> subprocess.Popen:
