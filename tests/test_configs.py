@@ -75,6 +75,18 @@ def test_the_default_run_is_the_world_and_the_tests_fast_stack_the_tiny_model(tm
     assert fast.dataset.synthetic.enabled
 
 
+def test_the_world_concepts_cache_is_keyed_by_its_settings(tmp_path):
+    """A sweep or a run over the concept's own settings writes each dataset once, beside the others, instead of
+    finding the default's folder and stopping (a folder written with other settings is an error)."""
+    def data_dir(*overrides):
+        return compose_run(list(overrides), tmp_path / "out", tmp_path / "cache", fast=False).dataset.train_data_dir
+
+    default = data_dir()
+    assert Path(default).parent == tmp_path / "cache" / "data"
+    others = {data_dir("dataset.world.seed=1"), data_dir("dataset.world.num_images=8"), data_dir("dataset.world.repeats=2")}
+    assert len(others | {default}) == 4 and data_dir() == default
+
+
 @pytest.mark.parametrize(
     ("overrides", "learning_rate", "specialised"),
     [
