@@ -2,7 +2,8 @@
 
 1. Build: the seconds and bytes of the shipped build (BUILD.json); with ``--rebuild``,
    the build again into the work dir, timed, and each file's sha256 against the shipped one.
-2. Judge: its accuracy on fresh generator images and on their VAE round trips.
+2. Judge: its accuracy on fresh generator images, on their VAE round trips, and on them bent by a
+   smooth random warp of 1-3 pixels (a model's renders are never exact polygons).
 3. Base model: the judge on renders of seen prompts (shape, colour, background), and
    judge_fidelity on concept prompts before any LoRA (the concept must be new to it).
 4. ``make train``: the bare ``python -m train`` (the embedded default), timed; its final
@@ -42,6 +43,8 @@ os.environ.setdefault("WANDB_MODE", "offline")
 
 from bench.sweep_overhead import bench_workdir, say  # noqa: E402
 
+# Smooth bends of fresh images, in pixels of 64: how far from the generator's polygons the judge still reads them.
+WARPS_PX = (1, 2, 3)
 SCORES = ("clip_t", "clip_i", "aesthetic", "val_loss", "objective")
 # The landscape's preset, written into the work dir's config dir (derived keys have dots, which only YAML
 # keeps as one key): random configurations, no pruning, an evaluation at each quarter of a trial's steps.
@@ -137,6 +140,7 @@ def model_section(world_dir: Path, cfg) -> dict:
     return {
         "judge_fresh": accuracy(judge, fresh),
         "judge_round_trip": world_checks.round_trip_accuracy(model.vae, judge, 500, 10_002),
+        "judge_warped": {px: world_checks.warped_accuracy(judge, 800, 10_003, px) for px in WARPS_PX},
         "base_seen": world_checks.label_accuracy(judge, seen),
         "base_concept": world_checks.concept_scores(judge, concept),
         "renders": len(seen.images),
@@ -242,6 +246,9 @@ def print_report(r: dict) -> None:
                  m["judge_fresh"]["background"]],
                 ["judge, VAE round trips", m["judge_round_trip"]["shape"], m["judge_round_trip"]["colour"],
                  m["judge_round_trip"]["background"]],
+                *[[f"judge, fresh images bent ~{px} px (stars read as stars: {m['judge_warped'][px]['star']:.3f})",
+                   m["judge_warped"][px]["shape"], m["judge_warped"][px]["colour"], m["judge_warped"][px]["background"]]
+                  for px in WARPS_PX],
                 [f"base model, seen prompts ({m['renders']} renders; goal >= 0.8)", m["base_seen"]["shape"],
                  m["base_seen"]["colour"], m["base_seen"]["background"]]]
         table("Judge and base model: accuracy", ["", "shape", "colour", "background"], rows)

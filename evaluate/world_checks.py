@@ -68,13 +68,41 @@ def concept_scores(judge: Judge, rendered: Rendered) -> dict[str, float]:
 @torch.no_grad()
 def round_trip_accuracy(vae, judge: Judge, count: int, seed: int) -> dict[str, float]:
     """The judge on fresh images after the VAE's encode and decode: does it read the decoder's output?"""
-    from PIL import Image
-
     scenes = list(world.scenes(seed, count, shapes=world.SHAPES))
     x = torch.from_numpy(world.to_array([world.render(s) for s in scenes])) * 2 - 1
     decoded = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mode()).sample.float()
-    pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    verdicts = judge([Image.fromarray(p) for p in pixels])
+    return _label_shares(judge(_to_images((decoded.clamp(-1, 1) + 1) / 2)), scenes)
+
+
+def warped_accuracy(judge: Judge, count: int, seed: int, amplitude_px: float) -> dict[str, float]:
+    """The judge on fresh images bent by a smooth random warp of about ``amplitude_px`` pixels: a
+    model's renders are never the generator's exact polygons (puffy, round-pointed stars), and this
+    says how far from them the judge's verdicts still hold. ``star``: the share of stars read as stars."""
+    import torch.nn.functional as F
+
+    scenes = list(world.scenes(seed, count, shapes=world.SHAPES))
+    x = torch.from_numpy(world.to_array([world.render(s) for s in scenes]))
+    n, _, h, w = x.shape
+    g = torch.Generator().manual_seed(seed)
+    # A 4x4 field of random offsets, smoothly upsampled: a bend of the whole shape, not pixel noise.
+    field = F.interpolate(torch.randn(n, 2, 4, 4, generator=g), size=(h, w), mode="bicubic", align_corners=True)
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+    grid = torch.stack([xs, ys], -1).unsqueeze(0) + field.permute(0, 2, 3, 1) * (2 * amplitude_px / w)
+    warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    verdicts = judge(_to_images(warped))
+    stars = [v.shape == s.shape for v, s in zip(verdicts, scenes, strict=True) if s.shape == world.CONCEPT_SHAPE]
+    return {**_label_shares(verdicts, scenes), "star": float(np.mean(stars))}
+
+
+def _to_images(x: torch.Tensor) -> list:
+    """Images in [0, 1], (N, 3, H, W), as the PIL images a render gives."""
+    from PIL import Image
+
+    pixels = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
+    return [Image.fromarray(p) for p in pixels]
+
+
+def _label_shares(verdicts, scenes) -> dict[str, float]:
     return {
         name: float(np.mean([getattr(v, name) == getattr(s, name) for v, s in zip(verdicts, scenes, strict=True)]))
         for name in ("shape", "colour", "background")

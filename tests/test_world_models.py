@@ -73,6 +73,17 @@ def test_the_judge_is_accurate_on_fresh_generator_images(judge):
     assert min(scores.values()) >= 0.99, scores
 
 
+def test_a_zero_warp_is_the_identity_and_a_bend_is_seen_by_the_judge(judge):
+    from evaluate import world_checks
+    from evaluate.judge import accuracy
+
+    unwarped = world_checks.warped_accuracy(judge, 200, seed=31, amplitude_px=0)
+    assert {k: unwarped[k] for k in ("shape", "colour", "background")} == accuracy(
+        judge, list(world.scenes(31, 200, shapes=world.SHAPES)))
+    # A 6-pixel bend of a 64-pixel image changes what the shapes are: the judge must notice some.
+    assert world_checks.warped_accuracy(judge, 200, seed=31, amplitude_px=6)["shape"] < unwarped["shape"]
+
+
 def test_the_clip_and_aesthetic_head_load_as_real_ones_and_mean_something():
     from evaluate.aesthetic import aesthetic_scores, load_aesthetic_head
     from evaluate.clip_scores import CLIPEmbedder, clip_t_scores
