@@ -30,6 +30,9 @@ BAD_ARGUMENTS = {
     "bad-type": (["network.dim=abc"], "network.dim=abc: network.dim: Value 'abc' of type 'str' could not be converted"),
     "unknown-option": (["network=lorra"], "network=lorra: no such option in conf/network/ (did you mean 'lora'?); options: dora, hypernetwork"),
     "unparsable": (["network.dim=[1"], "network.dim=[1: cannot parse this override"),
+    # A group given null or a number: Hydra raised a bare ValueError (a traceback naming neither).
+    "group-null": (["noise=null"], "noise=null: a config group takes one of its options (did you mean 'none'?); options: multires, none"),
+    "group-number": (["network=16"], "network=16: a config group takes one of its options; options: dora, hypernetwork"),
     # `+key=value` on a typed config was accepted and then dropped without a word.
     "added-key": (["+network.dimm=4"], "network.dimm (did you mean 'network.dim'?): not a config key"),
     "added-root-key": (["+foo=1"], "foo: not a config key"),

@@ -74,6 +74,22 @@ def describe_hydra_error(err: CompactHydraException) -> str:
     return _first_line(str(err)) or type(err).__name__
 
 
+def _group_value_error(err: ValueError) -> str | None:
+    """``noise=null`` or ``network=16``: Hydra's defaults list raises a bare ValueError for a group given a
+    value that is not an option's name, naming neither the override nor the options. Its frame holds both."""
+    frames = [frame for frame, _ in traceback.walk_tb(err.__traceback__)]
+    if not frames or not frames[-1].f_code.co_filename.endswith(os.path.join("hydra", "_internal", "defaults_list.py")):
+        return None
+    override, repo = frames[-1].f_locals.get("override"), frames[-1].f_locals.get("repo")
+    if override is None or repo is None:
+        return None
+    group = override.key_or_group
+    options = [o for o in repo.get_group_options(group) if not o.endswith("_schema")]
+    close = difflib.get_close_matches(str(override.value()).lower(), options, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return f"{override.input_line}: a config group takes one of its options{hint}; options: {', '.join(options)}"
+
+
 def _output_dir_key(err: OSError) -> str | None:
     """``hydra.run.dir`` (or ``hydra.sweep.dir``) when ``err`` is Hydra failing to create the job's dir.
 
@@ -99,6 +115,9 @@ def _report_config_errors(original: Callable[[Callable[[], Any]], Any]) -> Calla
                 key = _output_dir_key(err) if isinstance(err, OSError) else None
                 if key:
                     exit_with(f"{key}: cannot create {err.filename}: {err.strerror} (choose a writable directory)")
+                message = _group_value_error(err) if isinstance(err, ValueError) else None
+                if message:
+                    exit_with(message)
             caught = err
 
         def reraise() -> NoReturn:
