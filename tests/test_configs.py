@@ -90,7 +90,7 @@ def test_the_world_concepts_cache_is_keyed_by_its_settings(tmp_path):
 @pytest.mark.parametrize(
     ("overrides", "learning_rate", "specialised"),
     [
-        ([], 2e-3, True),  # tuned/world_adamw_lora.yaml
+        ([], 3e-3, True),  # tuned/world_adamw_lora.yaml
         (["optimizer=prodigy"], 1.0, False),  # no world_prodigy_lora: the group's own
         (["model=tiny", "dataset=synthetic", "evaluate=demo"], 1e-4, False),  # no tiny_adamw_lora
         (["optimizer.learning_rate=3e-4"], 3e-4, True),  # the command line wins over the specialization
