@@ -94,6 +94,19 @@ def warped_accuracy(judge: Judge, count: int, seed: int, amplitude_px: float) ->
     return {**_label_shares(verdicts, scenes), "star": float(np.mean(stars))}
 
 
+def star_calibration(judge: Judge, inners: tuple[float, ...], count: int, seed: int) -> dict[float, dict[str, float]]:
+    """Where "star" ends for the judge: fresh star scenes drawn with their inner corners at each of ``inners``
+    (the generator's stars: ``world.STAR_INNER``; 1.0 is a decagon, nearly a circle), and the share of each
+    verdict. A model's stars are fatter or rounder than the generator's; this says which of them count."""
+    scenes = list(world.scenes(seed, count, shapes=(world.CONCEPT_SHAPE,)))
+    shares = {}
+    for inner in inners:
+        verdicts = judge([world.render(s, outline=world.star_outline(inner)) for s in scenes])
+        shapes = [v.shape for v in verdicts]
+        shares[inner] = {shape: shapes.count(shape) / len(shapes) for shape in sorted(set(shapes))}
+    return shares
+
+
 def _to_images(x: torch.Tensor) -> list:
     """Images in [0, 1], (N, 3, H, W), as the PIL images a render gives."""
     from PIL import Image

@@ -73,6 +73,14 @@ def test_the_judge_is_accurate_on_fresh_generator_images(judge):
     assert min(scores.values()) >= 0.99, scores
 
 
+def test_the_judges_star_ends_between_the_generators_star_and_a_decagon(judge):
+    from evaluate import world_checks
+
+    shares = world_checks.star_calibration(judge, (world.STAR_INNER, 0.6, 1.0), 100, seed=32)
+    assert shares[world.STAR_INNER].get("star", 0) >= 0.99 and shares[0.6].get("star", 0) >= 0.9  # fatter stars count
+    assert shares[1.0].get("star", 0) == 0  # a decagon is not a star
+
+
 def test_a_zero_warp_is_the_identity_and_a_bend_is_seen_by_the_judge(judge):
     from evaluate import world_checks
     from evaluate.judge import accuracy

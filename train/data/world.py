@@ -31,6 +31,7 @@ SIZE = 64
 SUPERSAMPLE = 4
 SHAPES = ("circle", "square", "triangle", "cross", "star")
 CONCEPT_SHAPE = "star"
+STAR_INNER = 0.48  # the star's inner corners: fat enough that its points survive a 64 px render
 SEEN_SHAPES = tuple(s for s in SHAPES if s != CONCEPT_SHAPE)
 # Not in captions: "other" is a smooth blob that is none of the shapes, "none" an empty background.
 # The judge learns them, so that a render showing no shape of the world is not forced into one.
@@ -136,25 +137,29 @@ def _outline(shape: str, wobble: tuple[float, ...] = ()) -> list[tuple[float, fl
         w, r = 0.33, 1.0
         return [(-w, -r), (w, -r), (w, -w), (r, -w), (r, w), (w, w), (w, r), (-w, r), (-w, w), (-r, w), (-r, -w), (-w, -w)]
     if shape == "star":
-        inner = 0.48  # fat enough that the points survive a 64 px render
-        return [
-            ((1.0 if i % 2 == 0 else inner) * math.cos(math.radians(-90 + 36 * i)),
-             (1.0 if i % 2 == 0 else inner) * math.sin(math.radians(-90 + 36 * i)))
-            for i in range(10)
-        ]
+        return star_outline()
     if shape == "circle":
         return None
     raise ValueError(f"unknown shape {shape!r}; the world has {SHAPES + DISTRACTORS}")
 
 
-def render(scene: Scene) -> Image.Image:
-    """The scene as a 64x64 RGB image."""
+def star_outline(inner: float = STAR_INNER) -> list[tuple[float, float]]:
+    """A five-pointed star at unit radius, its inner corners at ``inner`` (1.0: a decagon)."""
+    return [
+        ((1.0 if i % 2 == 0 else inner) * math.cos(math.radians(-90 + 36 * i)),
+         (1.0 if i % 2 == 0 else inner) * math.sin(math.radians(-90 + 36 * i)))
+        for i in range(10)
+    ]
+
+
+def render(scene: Scene, outline: list[tuple[float, float]] | None = None) -> Image.Image:
+    """The scene as a 64x64 RGB image; ``outline`` (unit radius) draws another outline in its place."""
     big = SIZE * SUPERSAMPLE
     image = Image.new("RGB", (big, big), scene.background_rgb)
     draw = ImageDraw.Draw(image)
     if scene.shape == "none":
         return image.resize((SIZE, SIZE), Image.Resampling.BOX)
-    outline = _outline(scene.shape, scene.wobble)
+    outline = outline or _outline(scene.shape, scene.wobble)
     if outline is None:
         r = scene.radius * SUPERSAMPLE
         cx, cy = scene.cx * SUPERSAMPLE, scene.cy * SUPERSAMPLE
