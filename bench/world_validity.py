@@ -3,14 +3,16 @@
 1. Build: the seconds and bytes of the shipped build (BUILD.json); with ``--rebuild``,
    the build again into the work dir, timed, and each file's sha256 against the shipped one.
 2. Judge: its accuracy on fresh generator images, on their VAE round trips, and on them bent by a
-   smooth random warp of 1-3 pixels (a model's renders are never exact polygons).
+   smooth random warp of 1-3 pixels (a model's renders are never exact polygons); where "star"
+   ends for it, on stars drawn ever fatter up to a decagon.
 3. Base model: the judge on renders of seen prompts (shape, colour, background), and
    judge_fidelity on concept prompts before any LoRA (the concept must be new to it).
 4. ``make train``: the bare ``python -m train`` (the embedded default), timed; its final
    judge_fidelity with the LoRA on and off, and editability.
 5. ``make sweep``: the bare ``python -m train -m sweep=demo``, timed; the best trial's judge.
-6. A real landscape: N random configurations (lr log 1e-5..1e-2, dim 2..32, alpha
-   ratio, steps), one sweep with a random sampler and no pruning, each evaluated at
+6. A real landscape: N random configurations (lr log 1e-5..1e-2, dim 2..32 for the
+   attention and the conv layers alike, alpha ratio, steps 100..1000) on the world's tuned
+   LoRA (LoCon with the text encoder), one sweep with a random sampler and no pruning, each evaluated at
    25/50/75/100% of its steps. Judge fidelity x editability (editability counts 0 where
    no star was drawn) of the best, median and worst; the Spearman correlation of each
    score with it; the regret of the objective's pick; and the early signal (each score at
@@ -45,6 +47,8 @@ from bench.sweep_overhead import bench_workdir, say  # noqa: E402
 
 # Smooth bends of fresh images, in pixels of 64: how far from the generator's polygons the judge still reads them.
 WARPS_PX = (1, 2, 3)
+# Stars with their inner corners from sharp to a decagon (the generator's: 0.48): where "star" ends for the judge.
+STAR_INNERS = (0.3, 0.48, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 1.0)
 SCORES = ("clip_t", "clip_i", "aesthetic", "val_loss", "objective")
 # The landscape's preset, written into the work dir's config dir (derived keys have dots, which only YAML
 # keeps as one key): random configurations, no pruning, an evaluation at each quarter of a trial's steps.
@@ -58,9 +62,11 @@ hydra:
       optimizer.learning_rate: tag(log, interval(1e-5, 1e-2))
       network.dim: choice(2, 4, 8, 16, 32)
       _alpha_ratio: choice(0.25, 0.5, 1.0, 2.0)
-      _quarter: choice(25, 50, 100, 150)
+      _quarter: choice(25, 50, 100, 250)
     derived:
       network.alpha: network.dim * _alpha_ratio
+      network.conv_dim: network.dim
+      network.conv_alpha: network.dim * _alpha_ratio
       train.max_train_steps: _quarter * 4
       evaluate.every_n_steps: _quarter
 train:
@@ -141,6 +147,7 @@ def model_section(world_dir: Path, cfg) -> dict:
         "judge_fresh": accuracy(judge, fresh),
         "judge_round_trip": world_checks.round_trip_accuracy(model.vae, judge, 500, 10_002),
         "judge_warped": {px: world_checks.warped_accuracy(judge, 800, 10_003, px) for px in WARPS_PX},
+        "star_calibration": world_checks.star_calibration(judge, STAR_INNERS, 400, 10_004),
         "base_seen": world_checks.label_accuracy(judge, seen),
         "base_concept": world_checks.concept_scores(judge, concept),
         "renders": len(seen.images),
@@ -252,6 +259,10 @@ def print_report(r: dict) -> None:
                 [f"base model, seen prompts ({m['renders']} renders; goal >= 0.8)", m["base_seen"]["shape"],
                  m["base_seen"]["colour"], m["base_seen"]["background"]]]
         table("Judge and base model: accuracy", ["", "shape", "colour", "background"], rows)
+        table("Judge on stars drawn fatter (inner corners at r of the outer; the generator's: 0.48)",
+              ["inner r", "read as star", "other verdicts"],
+              [[inner, shares.get("star", 0.0), ", ".join(f"{k} {v:.2f}" for k, v in shares.items() if k != "star")]
+               for inner, shares in m["star_calibration"].items()])
         table("Base model on concept prompts, no LoRA", ["", "value", "goal"],
               [["judge_fidelity", m["base_concept"]["judge_fidelity"], "<= 0.05"]])
     if "train" in r:
