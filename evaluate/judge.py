@@ -166,10 +166,14 @@ class JudgeScorer:
         return verdicts, verdict_scores(verdicts, [world.read_prompt(p) for p in prompts])
 
 
-def accuracy(judge: Judge, scenes: list[world.Scene]) -> dict[str, float]:
-    """Per label family, the share of fresh generator images the judge labels right."""
-    verdicts = judge([world.render(s) for s in scenes])
+def label_shares(verdicts: list[Verdict], truths: list) -> dict[str, float]:
+    """Per label family, the share of verdicts that match ``truths`` (scenes or expectations, by attribute)."""
     return {
-        name: float(np.mean([getattr(v, name) == getattr(s, name) for v, s in zip(verdicts, scenes, strict=True)]))
+        name: float(np.mean([getattr(v, name) == getattr(t, name) for v, t in zip(verdicts, truths, strict=True)]))
         for name in ("shape", "colour", "background")
     }
+
+
+def accuracy(judge: Judge, scenes: list[world.Scene]) -> dict[str, float]:
+    """Per label family, the share of fresh generator images the judge labels right."""
+    return label_shares(judge([world.render(s) for s in scenes]), scenes)

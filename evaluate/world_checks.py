@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from evaluate.config import EvaluateConfig
-from evaluate.judge import Judge, verdict_scores
+from evaluate.judge import Judge, label_shares, verdict_scores
 from evaluate.prompts import PromptSpec
 from evaluate.render import Renderer, plan_renders
 from train.data import world
@@ -53,12 +53,7 @@ def render(model, cfg: EvaluateConfig, prompts: list[str], seeds: list[int], dev
 
 def label_accuracy(judge: Judge, rendered: Rendered) -> dict[str, float]:
     """The share of renders whose shape, colour and background the judge reads as the prompt asked."""
-    verdicts = judge(rendered.images)
-    asked = [world.read_prompt(p) for p in rendered.prompts]
-    return {
-        name: float(np.mean([getattr(v, name) == getattr(a, name) for v, a in zip(verdicts, asked, strict=True)]))
-        for name in ("shape", "colour", "background")
-    }
+    return label_shares(judge(rendered.images), [world.read_prompt(p) for p in rendered.prompts])
 
 
 def concept_scores(judge: Judge, rendered: Rendered) -> dict[str, float]:
@@ -71,7 +66,7 @@ def round_trip_accuracy(vae, judge: Judge, count: int, seed: int) -> dict[str, f
     scenes = list(world.scenes(seed, count, shapes=world.SHAPES))
     x = torch.from_numpy(world.to_array([world.render(s) for s in scenes])) * 2 - 1
     decoded = vae.decode(vae.encode(x.to(vae.dtype)).latent_dist.mode()).sample.float()
-    return _label_shares(judge(_to_images((decoded.clamp(-1, 1) + 1) / 2)), scenes)
+    return label_shares(judge(_to_images((decoded.clamp(-1, 1) + 1) / 2)), scenes)
 
 
 def warped_accuracy(judge: Judge, count: int, seed: int, amplitude_px: float) -> dict[str, float]:
@@ -91,7 +86,7 @@ def warped_accuracy(judge: Judge, count: int, seed: int, amplitude_px: float) ->
     warped = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
     verdicts = judge(_to_images(warped))
     stars = [v.shape == s.shape for v, s in zip(verdicts, scenes, strict=True) if s.shape == world.CONCEPT_SHAPE]
-    return {**_label_shares(verdicts, scenes), "star": float(np.mean(stars))}
+    return {**label_shares(verdicts, scenes), "star": float(np.mean(stars))}
 
 
 def star_calibration(judge: Judge, inners: tuple[float, ...], count: int, seed: int) -> dict[float, dict[str, float]]:
@@ -113,10 +108,3 @@ def _to_images(x: torch.Tensor) -> list:
 
     pixels = (x.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).numpy()
     return [Image.fromarray(p) for p in pixels]
-
-
-def _label_shares(verdicts, scenes) -> dict[str, float]:
-    return {
-        name: float(np.mean([getattr(v, name) == getattr(s, name) for v, s in zip(verdicts, scenes, strict=True)]))
-        for name in ("shape", "colour", "background")
-    }
