@@ -115,6 +115,8 @@ def test_a_driver_without_the_clusters_token_is_told_what_to_set(on_cluster, tin
     """Synthetic trials; the cluster uses token auth, this driver has no RAY_AUTH_MODE (Ray never sends a
     token to an explicit address unasked): one message naming the settings, exit 2, no trial."""
     monkeypatch.delenv("RAY_AUTH_MODE")
+    # Ray retries a refused connection 20 times, 1 s apart, before it raises; the message is what is tested.
+    monkeypatch.setenv("RAY_NUM_REDIS_GET_RETRIES", "2")
     result = run_sweep(ray_args(tiny_model_dir, tmp_path / "sweep", SYNTHETIC), tmp_path, tmp_path / "cache")
     assert result.returncode == 2, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
