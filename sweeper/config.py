@@ -150,6 +150,10 @@ class SweeperConfig:
     derived: dict[str, str] = field(default_factory=dict)
     # Known-good configurations to run first: a list of {key: value}.
     enqueue: list[dict[str, Any]] = field(default_factory=list)
+    # A finished sweep's dir or storage URL: its best warm_start_top configurations run first (after enqueue).
+    warm_start: str | None = None
+    warm_start_study: str | None = None  # the source's study, where it holds several
+    warm_start_top: int = 4
     fault_injection: list[FaultInjection] = field(default_factory=list)
     # {seconds, steps} (see SyntheticTrial); a plain mapping, so `hydra.sweeper.synthetic_trial={...}` can set it.
     synthetic_trial: Any = None
@@ -172,6 +176,7 @@ class SweeperConfig:
         _require(self.max_retries >= 0, "max_retries", "must be >= 0")
         _require(0 <= self.max_failure_rate <= 1, "max_failure_rate", f"must be in [0, 1], got {self.max_failure_rate}")
         _require(self.report in ("objective", "val_loss"), "report", "must be objective or val_loss")
+        _require(self.warm_start_top >= 1, "warm_start_top", f"must be >= 1, got {self.warm_start_top}")
         _require(self.n_jobs is None or self.n_jobs >= 1, "n_jobs", f"must be >= 1 or null, got {self.n_jobs}")
         directions = self.directions() or []
         for d in directions:

@@ -38,6 +38,7 @@ from sweeper.store.duplicates import find_twin, settle_duplicate
 from sweeper.store.proxy import check_worker_storage
 from sweeper.store.storage import describe_storage, make_storage
 from sweeper.store.study import Heartbeat, create_study, grid_points, recover_stale_trials, requeue_failed
+from sweeper.store.warm_start import load_warm_start
 from sweeper.verdict import MIN_JUDGED, FailureRate, SweepFailed, verdict
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,11 @@ class SweepController:
             log.info("direction %s, from evaluate.objective.direction", cfg.direction)
         self.multi_objective = cfg.multi_objective
         log.info("checked %d trial configs of the search space", check_search_space(self.space, checker))
+        self.warm_start = None
+        if cfg.warm_start:
+            self.warm_start = load_warm_start(
+                cfg.warm_start, cfg.warm_start_study, cfg.warm_start_top, self.space, cfg.directions(), self.sweep_dir
+            )
         cfg.sampler = with_grid(cfg.sampler, self.space)
         self.study = create_study(cfg, self.storage)
         self.worker_storage_url = self.storage_url
@@ -123,6 +129,10 @@ class SweepController:
         log.info("study %r on %s", cfg.study_name, describe_storage(self.storage_url))
         for params in cfg.enqueue:
             self.study.enqueue_trial(self.space.enqueue_params(params), skip_if_exists=True)
+        if self.warm_start is not None:
+            log.info("%s", self.warm_start.describe())
+            for values in self.warm_start.entries:
+                self.study.enqueue_trial(self.space.enqueue_params(values), skip_if_exists=True)
         pool = self._pool()
         # Judged once MIN_JUDGED trials, or one per slot if more, have finished (the plugin judges a batch).
         self.failures = FailureRate(cfg.max_failure_rate, min_judged=max(MIN_JUDGED, len(pool.devices)))

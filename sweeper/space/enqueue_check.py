@@ -18,23 +18,25 @@ if TYPE_CHECKING:
     from sweeper.space.search_space import SearchSpace
 
 
-def check_enqueue(space: SearchSpace, enqueue: Sequence[Mapping[str, Any]] | None) -> None:
-    """Each entry names only keys of `space`, with values inside their distributions."""
+def check_enqueue(
+    space: SearchSpace, enqueue: Sequence[Mapping[str, Any]] | None, where: str = "hydra.sweeper.enqueue"
+) -> None:
+    """Each entry names only keys of `space`, with values inside their distributions; errors name ``where[i]``."""
     if OmegaConf.is_config(enqueue):
         enqueue = OmegaConf.to_container(enqueue, resolve=True)
     if not enqueue:
         return
     if isinstance(enqueue, (str, Mapping)) or not isinstance(enqueue, Sequence):
-        raise ConfigError("hydra.sweeper.enqueue: must be a list of {key: value} mappings")
+        raise ConfigError(f"{where}: must be a list of {{key: value}} mappings")
     for index, entry in enumerate(enqueue):
-        where = f"hydra.sweeper.enqueue[{index}]"
+        item = f"{where}[{index}]"
         if OmegaConf.is_config(entry):
             entry = OmegaConf.to_container(entry, resolve=True)
         if not isinstance(entry, Mapping):
-            raise ConfigError(f"{where}: must be a mapping of key: value, got {entry!r}")
+            raise ConfigError(f"{item}: must be a mapping of key: value, got {entry!r}")
         entry = {str(k): v for k, v in entry.items()}
         for key, value in entry.items():
-            _check_value(space, entry, key, value, f"{where}.{key}")
+            _check_value(space, entry, key, value, f"{item}.{key}")
 
 
 def _check_value(space: SearchSpace, entry: dict[str, Any], key: str, value: Any, name: str) -> None:
