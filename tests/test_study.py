@@ -297,3 +297,47 @@ def test_every_sampler_group_option_builds(tmp_path, name):
     # hydra/sweeper/sampler=<name> as composed: every setting it lists reaches the installed Optuna's sampler.
     study = create_study(cfg(sampler=dict(SAMPLER_NODES[name])), make_storage(None, tmp_path))
     assert type(study.sampler).__name__ == get_object(SAMPLER_NODES[name]["_target_"]).__name__
+
+
+PRUNING = {  # settings that let each pruner judge after a few trials of 8 steps
+    "optuna.pruners.MedianPruner": {"n_startup_trials": 3},
+    "optuna.pruners.PercentilePruner": {"percentile": 25.0, "n_startup_trials": 3},
+    "optuna.pruners.SuccessiveHalvingPruner": {"min_resource": 1, "reduction_factor": 2},
+    "optuna.pruners.HyperbandPruner": {"min_resource": 1, "max_resource": 8, "reduction_factor": 2},
+    "optuna.pruners.WilcoxonPruner": {"p_threshold": 0.1},
+    "optuna.pruners.NopPruner": {},
+}
+
+
+def _curve_trial(study, level: float) -> int | None:
+    """One synthetic trial reporting ``level`` (+ a small rise) at steps 1..8: the step it was pruned at, or None."""
+    trial = study.ask()
+    for step in range(1, 9):
+        trial.report(level + 0.01 * step, step)
+        if trial.should_prune():
+            study.tell(trial, state=TrialState.PRUNED)
+            return step
+    study.tell(trial, level + 0.08)
+    return None
+
+
+@pytest.mark.parametrize("target", sorted(PRUNERS))
+def test_every_shipped_pruner_prunes_a_clearly_worse_trial(tmp_path, target):
+    """Synthetic learning curves (no training): six good trials, then five far worse; Nop never prunes.
+
+    Hyperband puts each trial in a bracket by a hash of the study name and trial number (a fixed name
+    here), and its full-budget bracket never stops a trial early: most, not all, of the bad ones stop.
+    """
+    assert set(PRUNING) == set(PRUNERS)
+    config = cfg(study_name="pruning", pruner={"_target_": target, **PRUNING[target]})
+    study = create_study(config, make_storage(None, tmp_path))
+    good = [_curve_trial(study, 1.0 + 0.001 * i) for i in range(6)]
+    bad = [_curve_trial(study, 0.0) for _ in range(5)]
+    pruned = [step for step in bad if step is not None]
+    assert good == [None] * 6, good  # each good trial rises above the ones before it
+    if target.endswith("NopPruner"):
+        assert good + bad == [None] * 11
+    elif target.endswith("HyperbandPruner"):
+        assert len(pruned) >= 3, bad
+    else:
+        assert len(pruned) == 5, bad
